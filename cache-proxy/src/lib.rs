@@ -1,0 +1,1 @@
+//! The caching gateway in front of the services (see DESIGN.md section 7).

@@ -1,0 +1,206 @@
+//! Database connections shared by the event log, the subscribers and the services.
+//!
+//! Everything goes through sqlx's `Any` driver so that one SQL text serves SQLite and
+//! PostgreSQL; where the two differ (locking, notifications, pragmas) the code asks
+//! [`Backend`] and branches. SQL files live under `migrations/<owner>/<backend>/` and
+//! are embedded in the binaries, each owner with its own bookkeeping table so that
+//! several owners (the feed, a service) can share one database.
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, Executor};
+
+/// Which database engine sits behind a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// An embedded SQLite file (the default).
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a database URL names.
+    pub fn of_url(url: &str) -> Result<Self, DbError> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(Self::Postgres)
+        } else {
+            Err(DbError::BadUrl(url.to_owned()))
+        }
+    }
+
+    /// The folder name used under `migrations/<owner>/`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+/// Errors opening or migrating a database.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The URL is neither `sqlite:` nor `postgres:`.
+    #[error("unsupported database URL {0:?}: expected sqlite:PATH, postgres://... or a file path")]
+    BadUrl(String),
+    /// The database could not be reached or opened.
+    #[error("cannot open database: {0}")]
+    Connect(#[source] sqlx::Error),
+    /// A migration failed.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// A pool plus the knowledge of which engine it talks to.
+#[derive(Debug, Clone)]
+pub struct Database {
+    pool: AnyPool,
+    backend: Backend,
+    url: String,
+}
+
+/// Turns what a user typed into a URL sqlx accepts: a bare path means a SQLite file,
+/// created if missing.
+pub fn normalize_url(input: &str) -> String {
+    if input.starts_with("postgres:") || input.starts_with("postgresql:") {
+        return input.to_owned();
+    }
+    let url = if input.starts_with("sqlite:") {
+        input.to_owned()
+    } else {
+        format!("sqlite://{input}")
+    };
+    if url.contains("mode=") || url.contains(":memory:") {
+        url
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    }
+}
+
+impl Database {
+    /// Opens a pool on `url` (see [`normalize_url`]). SQLite files get WAL with
+    /// `synchronous=NORMAL` (durable across process crashes, which is what the
+    /// checkpoint protocol needs) and a busy timeout so concurrent writers queue.
+    pub async fn connect(url: &str) -> Result<Self, DbError> {
+        sqlx::any::install_default_drivers();
+        let url = normalize_url(url);
+        let backend = Backend::of_url(&url)?;
+        let options = AnyConnectOptions::from_str(&url).map_err(DbError::Connect)?;
+        let mut pool = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
+        if url.contains(":memory:") {
+            // Every connection to :memory: is a separate database: keep exactly one.
+            pool = pool
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None);
+        } else if backend == Backend::Sqlite {
+            pool = pool.max_connections(8).after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    conn.execute(
+                        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
+                         PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            });
+        } else {
+            pool = pool.max_connections(16);
+        }
+        let pool = pool.connect_with(options).await.map_err(DbError::Connect)?;
+        Ok(Self { pool, backend, url })
+    }
+
+    /// The sqlx pool.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// The engine behind the pool.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The normalised URL the pool was opened with.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Starts a transaction that may write. On SQLite it takes the write lock up
+    /// front (`BEGIN IMMEDIATE`): a deferred transaction that reads first and writes
+    /// later fails with SQLITE_BUSY instead of waiting when another writer got in
+    /// between.
+    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
+    /// Applies `set`'s migrations for this backend.
+    pub async fn migrate(&self, set: &MigrationSet) -> Result<(), DbError> {
+        let files = match self.backend {
+            Backend::Sqlite => set.sqlite,
+            Backend::Postgres => set.postgres,
+        };
+        let migrations = files
+            .iter()
+            .map(|(version, description, sql)| {
+                Migration::new(
+                    *version,
+                    Cow::Borrowed(*description),
+                    MigrationType::Simple,
+                    sqlx::AssertSqlSafe(*sql).into_sql_str(),
+                    false,
+                )
+            })
+            .collect();
+        let mut migrator = Migrator::with_migrations(migrations);
+        migrator.dangerous_set_table_name(format!("_migrations_{}", set.owner));
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Closes the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+use sqlx::SqlSafeStr as _;
+
+/// The embedded SQL of one owner, for both backends: `(version, description, sql)`.
+#[derive(Debug, Clone, Copy)]
+pub struct MigrationSet {
+    /// Who owns the tables (`feed`, `sales`, ...); names the bookkeeping table.
+    pub owner: &'static str,
+    /// Migrations for SQLite, in version order.
+    pub sqlite: &'static [(i64, &'static str, &'static str)],
+    /// Migrations for PostgreSQL, in version order.
+    pub postgres: &'static [(i64, &'static str, &'static str)],
+}
+
+/// The feed's own tables: the event log and the subscribers' checkpoints.
+pub const FEED_MIGRATIONS: MigrationSet = MigrationSet {
+    owner: "feed",
+    sqlite: &[(
+        1,
+        "event log",
+        include_str!("../../migrations/feed/sqlite/0001_event_log.sql"),
+    )],
+    postgres: &[(
+        1,
+        "event log",
+        include_str!("../../migrations/feed/postgres/0001_event_log.sql"),
+    )],
+};

@@ -1,0 +1,208 @@
+//! The event as stored, published and read back, and the validated names it carries.
+
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A 1-based position in a log. Position 0 means "before the first event".
+pub type Position = u64;
+
+/// An event as it sits in a log: immutable once appended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Gapless, commit-ordered, from 1.
+    pub position: Position,
+    /// The producer's idempotency key.
+    pub id: Uuid,
+    /// The aggregate this event belongs to, e.g. `order-<uuid>`.
+    pub stream: StreamId,
+    /// 1, 2, ... within the stream.
+    pub stream_version: u64,
+    /// Past tense: `OrderAccepted`.
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    /// When it happened (UTC, microsecond precision).
+    pub occurred_at: DateTime<Utc>,
+    /// The business payload, a JSON object.
+    pub data: serde_json::Value,
+    /// Correlation / causation ids, schema version and other hints.
+    pub metadata: serde_json::Value,
+}
+
+/// An event a producer wants to append. The log gives it a position and a stream
+/// version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    /// The idempotency key: appending the same id again is a no-op.
+    pub id: Uuid,
+    /// The aggregate.
+    pub stream: StreamId,
+    /// The event type.
+    pub event_type: EventType,
+    /// When it happened.
+    pub occurred_at: DateTime<Utc>,
+    /// The payload; must be a JSON object.
+    pub data: serde_json::Value,
+    /// Metadata; a JSON object (empty when there is none).
+    pub metadata: serde_json::Value,
+}
+
+impl NewEvent {
+    /// A new event with a fresh time-ordered id, occurring now.
+    pub fn new(stream: StreamId, event_type: EventType, data: serde_json::Value) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            stream,
+            event_type,
+            occurred_at: now_micros(),
+            data,
+            metadata: serde_json::Value::Object(serde_json::Map::new()),
+        }
+    }
+
+    /// Replaces the id (for producers that derive ids from their commands).
+    pub fn with_id(mut self, id: Uuid) -> Self {
+        self.id = id;
+        self
+    }
+
+    /// Replaces the metadata.
+    pub fn with_metadata(mut self, metadata: serde_json::Value) -> Self {
+        self.metadata = metadata;
+        self
+    }
+}
+
+/// The current time truncated to what the log stores (microseconds).
+pub fn now_micros() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// Why a name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// A stream id must be 1 to 200 characters from `A-Z a-z 0-9 - _ . ~ :`.
+    #[error("invalid stream id {0:?}: use 1 to 200 characters from A-Z a-z 0-9 - _ . ~ :")]
+    Stream(String),
+    /// An event type starts with a letter and continues with letters, digits, `_` or `.`.
+    #[error(
+        "invalid event type {0:?}: start with a letter, then letters, digits, _ or . (at most 100)"
+    )]
+    EventType(String),
+}
+
+macro_rules! name_type {
+    ($(#[$doc:meta])* $name:ident, $check:expr, $err:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// Validates `s`.
+            pub fn parse(s: impl Into<String>) -> Result<Self, NameError> {
+                let s = s.into();
+                let check: fn(&str) -> bool = $check;
+                if check(&s) { Ok(Self(s)) } else { Err(NameError::$err(s)) }
+            }
+
+            /// The name as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = NameError;
+            fn try_from(s: String) -> Result<Self, NameError> {
+                Self::parse(s)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = NameError;
+            fn from_str(s: &str) -> Result<Self, NameError> {
+                Self::parse(s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(n: $name) -> String {
+                n.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+name_type!(
+    /// An aggregate's stream id. Its characters are safe in a URL path segment and in
+    /// XML, so feeds can use it verbatim.
+    StreamId,
+    |s| {
+        (1..=200).contains(&s.len())
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~:".contains(&b))
+            && s != "."
+            && s != ".."
+            // The feed server reads a trailing `.atom` / `.html` as a format choice.
+            && !s.ends_with(".atom")
+            && !s.ends_with(".html")
+    },
+    Stream
+);
+
+name_type!(
+    /// An event type such as `OrderAccepted`.
+    EventType,
+    |s| {
+        (1..=100).contains(&s.len())
+            && s.as_bytes()[0].is_ascii_alphabetic()
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+    },
+    EventType
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ids_accept_url_safe_names_and_refuse_the_rest() {
+        assert!(StreamId::parse("order-3f1c").is_ok());
+        assert!(StreamId::parse("a:b.c~d_e").is_ok());
+        for bad in [
+            "",
+            "a/b",
+            "a b",
+            "..",
+            "é",
+            &"x".repeat(201),
+            "a?b",
+            "a%2F",
+            "x.atom",
+            "y.html",
+        ] {
+            assert!(StreamId::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn event_types_start_with_a_letter() {
+        assert!(EventType::parse("OrderAccepted").is_ok());
+        assert!(EventType::parse("v2.OrderAccepted").is_ok());
+        for bad in ["", "1Order", "Order Accepted", "Order-Accepted", "<x>"] {
+            assert!(EventType::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,677 @@
+//! The event log: one append-only table per service database.
+//!
+//! Invariants, and why they hold:
+//! - **Positions are gapless and commit-ordered.** Every append first updates the
+//!   single row of `feed_head`, which takes SQLite's write lock or PostgreSQL's row
+//!   lock until the appending transaction ends. Appenders therefore take turns, the
+//!   next one reads the counter only after the previous one committed or rolled back,
+//!   and a reader that has seen position p can never later see a smaller new position.
+//!   That is what lets a sealed page be cached forever.
+//! - **Appends are idempotent by event id.** The id lookup happens under the same
+//!   lock, so two concurrent retries cannot both insert.
+//! - **Optimistic concurrency per stream.** The caller names the version it expects;
+//!   a mismatch is [`AppendError::Conflict`] and nothing is written.
+//! - **Events are never updated or deleted.**
+//!
+//! Waking long polls: PostgreSQL appends `pg_notify` in the appending transaction, so
+//! listeners hear of an append exactly when it commits. SQLite has no notifications,
+//! so while someone is waiting a background task asks `PRAGMA data_version` (which
+//! changes when any other connection commits, from this process or another) every
+//! couple of milliseconds; nobody waiting, nothing runs.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Connection, Row};
+use tokio::sync::{Notify, watch};
+use uuid::Uuid;
+
+use crate::atom::format_time;
+use crate::db::{Backend, Database, DbError, FEED_MIGRATIONS};
+use crate::event::{Event, EventType, NewEvent, Position, StreamId};
+use crate::page::{PageLayout, Segment};
+
+const NOTIFY_CHANNEL: &str = "feed_appended";
+/// How often SQLite is asked for changes while a long poll waits.
+const SQLITE_CHANGE_CHECK: Duration = Duration::from_millis(2);
+/// Rows per multi-row INSERT; 100 rows x 8 columns stays far below both engines'
+/// bind-parameter limits.
+const INSERT_CHUNK: usize = 100;
+
+/// What an appender expects the stream's current version to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expected {
+    /// No check.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream's last version must be exactly this.
+    Version(u64),
+}
+
+/// Why an append wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// Another writer changed the stream first (HTTP 409).
+    #[error("version conflict on stream {stream}: expected {expected:?}, found version {actual}")]
+    Conflict {
+        /// The stream.
+        stream: StreamId,
+        /// What the caller expected.
+        expected: Expected,
+        /// The stream's actual last version (0: no stream).
+        actual: u64,
+    },
+    /// The events themselves are unacceptable (HTTP 422).
+    #[error("invalid event: {0}")]
+    Invalid(String),
+    /// The database failed; the transaction should be rolled back (HTTP 503/500).
+    #[error("event log database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// Why a read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("event log database error: {0}")]
+    Db(#[from] sqlx::Error),
+    /// A stored row cannot be decoded (someone wrote to the table by hand).
+    #[error("corrupt event row at position {position}: {reason}")]
+    Corrupt {
+        /// The row.
+        position: i64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An imported event does not continue the log.
+    #[error("cannot import event at position {got}: the log expects position {expected}")]
+    NotNext {
+        /// The position the log would accept next.
+        expected: Position,
+        /// The position offered.
+        got: Position,
+    },
+    /// An imported event's position is taken by a different event.
+    #[error("position {0} already holds a different event")]
+    Diverged(Position),
+}
+
+/// The event log of one database. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct EventLog {
+    db: Database,
+    changes: Arc<Changes>,
+}
+
+#[derive(Debug)]
+struct Changes {
+    head: watch::Sender<Position>,
+    waiter_arrived: Notify,
+}
+
+impl EventLog {
+    /// Opens (and migrates) the log in `db`.
+    pub async fn open(db: Database) -> Result<Self, DbError> {
+        db.migrate(&FEED_MIGRATIONS).await?;
+        let (head, _) = watch::channel(0);
+        let log = Self {
+            db,
+            changes: Arc::new(Changes {
+                head,
+                waiter_arrived: Notify::new(),
+            }),
+        };
+        log.spawn_change_watcher();
+        Ok(log)
+    }
+
+    /// Connects to `url` and opens the log there.
+    pub async fn connect(url: &str) -> Result<Self, DbError> {
+        Self::open(Database::connect(url).await?).await
+    }
+
+    /// The database the log lives in (services keep their own tables there too).
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Starts a write transaction on the log's database (see [`Database::begin`]).
+    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        self.db.begin().await
+    }
+
+    /// Appends `events`, in order, inside the caller's transaction. Returns each
+    /// event's position; events whose id is already in the log are not written again
+    /// and report their original position. `expected` is checked against the stream
+    /// of the first event, and then only when the batch is not a pure retry.
+    pub async fn append(
+        &self,
+        tx: &mut AnyConnection,
+        expected: Expected,
+        events: &[NewEvent],
+    ) -> Result<Vec<Position>, AppendError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        for e in events {
+            if !e.data.is_object() {
+                return Err(AppendError::Invalid(format!(
+                    "event {}: data must be a JSON object",
+                    e.id
+                )));
+            }
+            if !e.metadata.is_object() {
+                return Err(AppendError::Invalid(format!(
+                    "event {}: metadata must be a JSON object",
+                    e.id
+                )));
+            }
+        }
+        let mut head = lock_head(tx).await?;
+
+        let ids: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
+        let existing = existing_ids(tx, &ids).await?;
+        if existing.len() == events.len() {
+            return Ok(ids.iter().map(|id| existing[id]).collect());
+        }
+        let mut batch_ids = HashSet::new();
+        for id in &ids {
+            if !batch_ids.insert(id) {
+                return Err(AppendError::Invalid(format!("event id {id} appears twice")));
+            }
+        }
+
+        let streams: Vec<&str> = {
+            let mut seen = HashSet::new();
+            events
+                .iter()
+                .map(|e| e.stream.as_str())
+                .filter(|s| seen.insert(*s))
+                .collect()
+        };
+        let mut versions = stream_versions(tx, &streams).await?;
+        if existing.is_empty() {
+            let stream = &events[0].stream;
+            let actual = versions.get(stream.as_str()).copied().unwrap_or(0);
+            let ok = match expected {
+                Expected::Any => true,
+                Expected::NoStream => actual == 0,
+                Expected::Version(v) => actual == v,
+            };
+            if !ok {
+                return Err(AppendError::Conflict {
+                    stream: stream.clone(),
+                    expected,
+                    actual,
+                });
+            }
+        }
+
+        let mut positions = Vec::with_capacity(events.len());
+        let mut rows = Vec::with_capacity(events.len());
+        for (e, id) in events.iter().zip(&ids) {
+            if let Some(p) = existing.get(id) {
+                positions.push(*p);
+                continue;
+            }
+            head += 1;
+            let v = versions.entry(e.stream.as_str()).or_insert(0);
+            *v += 1;
+            positions.push(head);
+            rows.push(Row8 {
+                position: head,
+                id: id.clone(),
+                stream: e.stream.as_str().to_owned(),
+                version: *v,
+                event_type: e.event_type.as_str().to_owned(),
+                occurred_at: format_time(&e.occurred_at),
+                data: e.data.to_string(),
+                metadata: e.metadata.to_string(),
+            });
+        }
+        insert_rows(tx, &rows).await?;
+        self.finish_append(tx, head).await?;
+        Ok(positions)
+    }
+
+    /// Copies events from another log with their positions, ids and stream versions
+    /// (what a mirror does). Events already present with the same id are skipped; a
+    /// different event at a taken position, or a gap, is an error.
+    pub async fn import(&self, tx: &mut AnyConnection, events: &[Event]) -> Result<(), StoreError> {
+        let mut head = lock_head(tx).await?;
+        let mut rows = Vec::with_capacity(events.len());
+        for e in events {
+            if e.position <= head {
+                let stored: Option<String> =
+                    sqlx::query_scalar("SELECT id FROM feed_events WHERE position = $1")
+                        .bind(e.position as i64)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if stored.as_deref() != Some(e.id.to_string().as_str()) {
+                    return Err(StoreError::Diverged(e.position));
+                }
+                continue;
+            }
+            if e.position != head + 1 {
+                return Err(StoreError::NotNext {
+                    expected: head + 1,
+                    got: e.position,
+                });
+            }
+            head = e.position;
+            rows.push(Row8 {
+                position: e.position,
+                id: e.id.to_string(),
+                stream: e.stream.as_str().to_owned(),
+                version: e.stream_version,
+                event_type: e.event_type.as_str().to_owned(),
+                occurred_at: format_time(&e.occurred_at),
+                data: e.data.to_string(),
+                metadata: e.metadata.to_string(),
+            });
+        }
+        if !rows.is_empty() {
+            insert_rows(tx, &rows).await?;
+            self.finish_append(tx, head).await?;
+        }
+        Ok(())
+    }
+
+    async fn finish_append(
+        &self,
+        tx: &mut AnyConnection,
+        head: Position,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE feed_head SET position = $1 WHERE id = 1")
+            .bind(head as i64)
+            .execute(&mut *tx)
+            .await?;
+        if self.db.backend() == Backend::Postgres {
+            // Delivered to listeners when (and only if) the transaction commits.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(NOTIFY_CHANNEL)
+                .bind(head.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The last committed position (0 for an empty log).
+    pub async fn head(&self) -> Result<Position, StoreError> {
+        let p: i64 = sqlx::query_scalar("SELECT position FROM feed_head WHERE id = 1")
+            .fetch_one(self.db.pool())
+            .await?;
+        Ok(p as Position)
+    }
+
+    /// Events with `from <= position <= to`, oldest first.
+    pub async fn read_range(&self, from: Position, to: Position) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT position, id, stream, stream_version, type, occurred_at, data, metadata \
+             FROM feed_events WHERE position >= $1 AND position <= $2 ORDER BY position",
+        )
+        .bind(from.min(i64::MAX as u64) as i64)
+        .bind(to.min(i64::MAX as u64) as i64)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(decode_event).collect()
+    }
+
+    /// The event at `position`, if any.
+    pub async fn read_event(&self, position: Position) -> Result<Option<Event>, StoreError> {
+        Ok(self.read_range(position, position).await?.pop())
+    }
+
+    /// The stream's events with `from <= stream_version <= to`, oldest first.
+    pub async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT position, id, stream, stream_version, type, occurred_at, data, metadata \
+             FROM feed_events WHERE stream = $1 AND stream_version >= $2 AND stream_version <= $3 \
+             ORDER BY stream_version",
+        )
+        .bind(stream.as_str())
+        .bind(from.min(i64::MAX as u64) as i64)
+        .bind(to.min(i64::MAX as u64) as i64)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(decode_event).collect()
+    }
+
+    /// The stream's last version (0: no such stream).
+    pub async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError> {
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(stream_version) FROM feed_events WHERE stream = $1")
+                .bind(stream.as_str())
+                .fetch_one(self.db.pool())
+                .await?;
+        Ok(v.unwrap_or(0) as u64)
+    }
+
+    /// The log's page layout, switching to `page_size` for pages not yet sealed when
+    /// it differs from the stored one (see [`PageLayout::with_size_from_head`]).
+    pub async fn page_layout(&self, page_size: Option<u64>) -> Result<PageLayout, StoreError> {
+        let mut tx = self.begin().await?;
+        let head = lock_head(&mut tx).await?;
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT from_position, page_size FROM feed_page_sizes ORDER BY from_position",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let stored = PageLayout::from_segments(
+            rows.into_iter()
+                .map(|(from, size)| Segment {
+                    from: from as u64,
+                    size: size as u64,
+                })
+                .collect(),
+        );
+        let wanted = match (&stored, page_size) {
+            (Some(layout), Some(size)) => layout.with_size_from_head(size, head),
+            (Some(layout), None) => layout.clone(),
+            (None, size) => PageLayout::uniform(size.unwrap_or(crate::DEFAULT_PAGE_SIZE)),
+        };
+        if stored.as_ref() != Some(&wanted) {
+            sqlx::query("DELETE FROM feed_page_sizes")
+                .execute(&mut *tx)
+                .await?;
+            for s in wanted.segments() {
+                sqlx::query(
+                    "INSERT INTO feed_page_sizes (from_position, page_size) VALUES ($1, $2)",
+                )
+                .bind(s.from as i64)
+                .bind(s.size as i64)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(wanted)
+    }
+
+    /// A receiver of the head position as appends commit. Holding one is what makes
+    /// the log watch for changes; read the head from the database after subscribing,
+    /// since the value may be older than the last commit.
+    pub fn watch(&self) -> watch::Receiver<Position> {
+        let rx = self.changes.head.subscribe();
+        self.changes.waiter_arrived.notify_one();
+        rx
+    }
+
+    /// Waits until the head moves past `seen` or `timeout` passes; returns the head.
+    pub async fn wait_for_append(
+        &self,
+        seen: Position,
+        timeout: Duration,
+    ) -> Result<Position, StoreError> {
+        let mut rx = self.watch();
+        let head = self.head().await?;
+        if head > seen {
+            return Ok(head);
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if *rx.borrow_and_update() > seen {
+                return self.head().await;
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) | Err(_) => return Ok(seen),
+            }
+        }
+    }
+
+    fn spawn_change_watcher(&self) {
+        let changes = Arc::downgrade(&self.changes);
+        let url = self.db.url().to_owned();
+        match self.db.backend() {
+            Backend::Postgres => {
+                tokio::spawn(watch_postgres(url, changes));
+            }
+            Backend::Sqlite => {
+                tokio::spawn(watch_sqlite(url, changes));
+            }
+        }
+    }
+}
+
+async fn watch_postgres(url: String, changes: std::sync::Weak<Changes>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let listener = async {
+            let mut l = sqlx::postgres::PgListener::connect(&url).await?;
+            l.listen(NOTIFY_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(l)
+        }
+        .await;
+        let mut listener = match listener {
+            Ok(l) => l,
+            Err(e) => {
+                if changes.upgrade().is_none() {
+                    return;
+                }
+                tracing::warn!(error = %e, "cannot listen for appends; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        loop {
+            // try_recv returns None after a lost connection (notifications may have been
+            // missed), and reconnects on the next call.
+            let next = tokio::time::timeout(Duration::from_secs(5), listener.try_recv()).await;
+            let Some(c) = changes.upgrade() else { return };
+            match next {
+                Err(_) => continue,
+                Ok(Ok(Some(n))) => {
+                    if let Ok(p) = n.payload().parse::<Position>() {
+                        c.head.send_if_modified(|h| bump(h, p));
+                    }
+                }
+                Ok(Ok(None)) => {
+                    if let Ok(p) = read_head_with(&url).await {
+                        c.head.send_if_modified(|h| bump(h, p));
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "lost the append listener; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn read_head_with(url: &str) -> Result<Position, sqlx::Error> {
+    let mut conn = AnyConnection::connect(url).await?;
+    let p: i64 = sqlx::query_scalar("SELECT position FROM feed_head WHERE id = 1")
+        .fetch_one(&mut conn)
+        .await?;
+    let _ = conn.close().await;
+    Ok(p as Position)
+}
+
+async fn watch_sqlite(url: String, changes: std::sync::Weak<Changes>) {
+    let mut conn: Option<AnyConnection> = None;
+    let mut last_version: Option<i64> = None;
+    loop {
+        let Some(c) = changes.upgrade() else { return };
+        if c.head.receiver_count() == 0 {
+            // Wake up now and then to notice that the log itself was dropped.
+            let _ = tokio::time::timeout(Duration::from_secs(1), c.waiter_arrived.notified()).await;
+            continue;
+        }
+        if conn.is_none() {
+            conn = AnyConnection::connect(&url).await.ok();
+        }
+        let Some(db) = conn.as_mut() else {
+            drop(c);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let checked: Result<(), sqlx::Error> = async {
+            let version: i64 = sqlx::query_scalar("PRAGMA data_version")
+                .fetch_one(&mut *db)
+                .await?;
+            if last_version != Some(version) {
+                last_version = Some(version);
+                let p: i64 = sqlx::query_scalar("SELECT position FROM feed_head WHERE id = 1")
+                    .fetch_one(&mut *db)
+                    .await?;
+                c.head.send_if_modified(|h| bump(h, p as Position));
+            }
+            Ok(())
+        }
+        .await;
+        if checked.is_err() {
+            conn = None;
+        }
+        drop(c);
+        tokio::time::sleep(SQLITE_CHANGE_CHECK).await;
+    }
+}
+
+fn bump(h: &mut Position, p: Position) -> bool {
+    if p > *h {
+        *h = p;
+        true
+    } else {
+        false
+    }
+}
+
+/// Takes the append lock (see the module doc) and returns the current head.
+async fn lock_head(tx: &mut AnyConnection) -> Result<Position, sqlx::Error> {
+    let p: i64 = sqlx::query_scalar(
+        "UPDATE feed_head SET position = position WHERE id = 1 RETURNING position",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(p as Position)
+}
+
+async fn existing_ids(
+    tx: &mut AnyConnection,
+    ids: &[String],
+) -> Result<HashMap<String, Position>, sqlx::Error> {
+    let mut found = HashMap::new();
+    for chunk in ids.chunks(500) {
+        let sql = format!(
+            "SELECT id, position FROM feed_events WHERE id IN ({})",
+            placeholders(1, chunk.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            q = q.bind(id.as_str());
+        }
+        for row in q.fetch_all(&mut *tx).await? {
+            let id: String = row.try_get(0)?;
+            let p: i64 = row.try_get(1)?;
+            found.insert(id, p as Position);
+        }
+    }
+    Ok(found)
+}
+
+async fn stream_versions<'a>(
+    tx: &mut AnyConnection,
+    streams: &[&'a str],
+) -> Result<HashMap<&'a str, u64>, sqlx::Error> {
+    let mut versions = HashMap::new();
+    for chunk in streams.chunks(500) {
+        let sql = format!(
+            "SELECT stream, MAX(stream_version) FROM feed_events WHERE stream IN ({}) GROUP BY stream",
+            placeholders(1, chunk.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for s in chunk {
+            q = q.bind(*s);
+        }
+        for row in q.fetch_all(&mut *tx).await? {
+            let s: String = row.try_get(0)?;
+            let v: i64 = row.try_get(1)?;
+            if let Some(key) = chunk.iter().find(|k| **k == s) {
+                versions.insert(*key, v as u64);
+            }
+        }
+    }
+    Ok(versions)
+}
+
+struct Row8 {
+    position: Position,
+    id: String,
+    stream: String,
+    version: u64,
+    event_type: String,
+    occurred_at: String,
+    data: String,
+    metadata: String,
+}
+
+async fn insert_rows(tx: &mut AnyConnection, rows: &[Row8]) -> Result<(), sqlx::Error> {
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| format!("({})", placeholders(i * 8 + 1, 8)))
+            .collect();
+        let sql = format!(
+            "INSERT INTO feed_events (position, id, stream, stream_version, type, occurred_at, data, metadata) VALUES {}",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for r in chunk {
+            q = q
+                .bind(r.position as i64)
+                .bind(r.id.as_str())
+                .bind(r.stream.as_str())
+                .bind(r.version as i64)
+                .bind(r.event_type.as_str())
+                .bind(r.occurred_at.as_str())
+                .bind(r.data.as_str())
+                .bind(r.metadata.as_str());
+        }
+        q.execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn decode_event(row: &AnyRow) -> Result<Event, StoreError> {
+    let position: i64 = row.try_get(0)?;
+    let corrupt = |reason: String| StoreError::Corrupt { position, reason };
+    let id: String = row.try_get(1)?;
+    let stream: String = row.try_get(2)?;
+    let version: i64 = row.try_get(3)?;
+    let event_type: String = row.try_get(4)?;
+    let occurred_at: String = row.try_get(5)?;
+    let data: String = row.try_get(6)?;
+    let metadata: String = row.try_get(7)?;
+    Ok(Event {
+        position: position as Position,
+        id: Uuid::parse_str(&id).map_err(|e| corrupt(format!("id: {e}")))?,
+        stream: StreamId::parse(stream).map_err(|e| corrupt(e.to_string()))?,
+        stream_version: version as u64,
+        event_type: EventType::parse(event_type).map_err(|e| corrupt(e.to_string()))?,
+        occurred_at: DateTime::parse_from_rfc3339(&occurred_at)
+            .map_err(|e| corrupt(format!("occurred_at: {e}")))?
+            .with_timezone(&Utc),
+        data: serde_json::from_str(&data).map_err(|e| corrupt(format!("data: {e}")))?,
+        metadata: serde_json::from_str(&metadata).map_err(|e| corrupt(format!("metadata: {e}")))?,
+    })
+}

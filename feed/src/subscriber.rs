@@ -1,0 +1,665 @@
+//! Following another service's feed: checkpoints, bootstrap, resume, backoff.
+//!
+//! A [`Subscriber`] hands the events of one feed, in position order, to a
+//! [`Handler`] that runs inside a transaction of the subscriber's own database; the
+//! checkpoint (the last position applied) is saved in the same transaction, one per
+//! page. A crash therefore neither loses nor repeats an effect: delivery is at least
+//! once, the effect exactly once.
+//!
+//! Navigation uses only the links the producer publishes: with no checkpoint it
+//! starts at the head's `first` link; otherwise at the page the checkpoint was saved
+//! on, then `next-archive` until the head. At the head it polls conditionally, with a
+//! long poll (`Prefer: wait`) once caught up, and backs off with jitter while the
+//! producer is unreachable. A gap in positions, a malformed document or a sealed page
+//! whose bytes changed stop the subscription with an error and the checkpoint as it
+//! was: those mean the producer broke its promise, and retrying would not help.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use sha2::{Digest, Sha256};
+use sqlx::AnyConnection;
+
+use crate::atom::{self, ParsedFeed};
+use crate::db::Database;
+use crate::event::{Event, Position};
+
+/// What a subscriber does with events. Implementations skip event types they do not
+/// know (contracts evolve forward-compatibly) and must only touch the database through
+/// `tx`, so their effects commit together with the checkpoint.
+pub trait Handler: Send + Sync {
+    /// Applies one event.
+    fn handle<'a>(
+        &'a self,
+        tx: &'a mut AnyConnection,
+        event: &'a Event,
+    ) -> BoxFuture<'a, anyhow::Result<()>>;
+
+    /// Applies a page's worth of events, in order. Override to batch.
+    fn handle_batch<'a>(
+        &'a self,
+        tx: &'a mut AnyConnection,
+        events: &'a [Event],
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            for e in events {
+                self.handle(tx, e).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Why a step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscribeError {
+    /// The feed skipped a position (fatal).
+    #[error("gap in feed {url}: expected position {expected}, found {found}")]
+    Gap {
+        /// The page.
+        url: String,
+        /// The next position the subscriber needs.
+        expected: Position,
+        /// What the page had instead.
+        found: Position,
+    },
+    /// A document could not be read or its links are inconsistent (fatal).
+    #[error("malformed feed document {url}: {reason}")]
+    Malformed {
+        /// The document.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A sealed page's bytes changed since it was last seen (fatal).
+    #[error("sealed page {url} changed: history was rewritten")]
+    PageChanged {
+        /// The page.
+        url: String,
+    },
+    /// The producer answered with an error status (retried).
+    #[error("{url} answered HTTP {status}")]
+    Http {
+        /// The document.
+        url: String,
+        /// The status.
+        status: u16,
+    },
+    /// The producer could not be reached (retried).
+    #[error("cannot reach {url}: {source}")]
+    Unreachable {
+        /// The document.
+        url: String,
+        /// The transport error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The handler failed; its transaction was rolled back (retried).
+    #[error("handler failed at position {position}: {source:#}")]
+    Handler {
+        /// The first position of the batch.
+        position: Position,
+        /// The handler's error.
+        source: anyhow::Error,
+    },
+    /// The subscriber's database failed (retried).
+    #[error("subscriber database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+impl SubscribeError {
+    /// Whether retrying cannot help: the feed itself is wrong.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            Self::Gap { .. } | Self::Malformed { .. } | Self::PageChanged { .. }
+        )
+    }
+}
+
+/// What one step achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Events were applied up to `position`.
+    Applied {
+        /// How many.
+        events: usize,
+        /// The new checkpoint.
+        position: Position,
+    },
+    /// Nothing new at the head. `waited` is false when the producer answered at once
+    /// instead of holding a long poll, so the caller should pause before asking again.
+    CaughtUp {
+        /// The checkpoint.
+        position: Position,
+        /// Whether the producer honoured the long poll.
+        waited: bool,
+    },
+}
+
+/// Settings of a subscription.
+#[derive(Debug, Clone)]
+pub struct SubscriberConfig {
+    /// The checkpoint's key in the subscriber's database.
+    pub name: String,
+    /// The feed's head URL, e.g. `http://127.0.0.1:8080/sales/feed`.
+    pub feed_url: String,
+    /// How long a long poll may be held (the producer caps it at 30 s).
+    pub long_poll: Duration,
+    /// Pause between polls when the producer does not hold long polls.
+    pub poll_interval: Duration,
+    /// First and largest pause after a failure.
+    pub backoff: (Duration, Duration),
+}
+
+impl SubscriberConfig {
+    /// Defaults: 20 s long polls, 1 s polling, backoff from 100 ms to 30 s.
+    pub fn new(name: impl Into<String>, feed_url: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            feed_url: feed_url.into(),
+            long_poll: Duration::from_secs(20),
+            poll_interval: Duration::from_secs(1),
+            backoff: (Duration::from_millis(100), Duration::from_secs(30)),
+        }
+    }
+}
+
+/// Live numbers of a subscription, for an index page or metrics.
+#[derive(Debug, Default)]
+pub struct Status {
+    checkpoint: AtomicU64,
+    head: AtomicU64,
+    requests: AtomicU64,
+    last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl Status {
+    /// The last position applied.
+    pub fn checkpoint(&self) -> Position {
+        self.checkpoint.load(Ordering::Relaxed)
+    }
+    /// The producer's head as last seen.
+    pub fn head(&self) -> Position {
+        self.head.load(Ordering::Relaxed)
+    }
+    /// How far behind the subscriber is.
+    pub fn lag(&self) -> u64 {
+        self.head().saturating_sub(self.checkpoint())
+    }
+    /// HTTP requests made so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+    /// The last error, if the last step failed.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().map(|e| e.clone()).unwrap_or(None)
+    }
+    fn set_error(&self, e: Option<String>) {
+        if let Ok(mut slot) = self.last_error.lock() {
+            *slot = e;
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Checkpoint {
+    position: Position,
+    page_url: Option<String>,
+    page_digest: Option<String>,
+}
+
+/// Where the next step goes.
+#[derive(Debug, Clone)]
+enum Cursor {
+    /// Find the page from the checkpoint.
+    Locate,
+    /// A page to read next (from a `next-archive` link).
+    Page(String),
+    /// Caught up: poll the head conditionally.
+    Head { url: String, etag: Option<String> },
+}
+
+struct Fetched {
+    url: String,
+    doc: ParsedFeed,
+    digest: String,
+    etag: Option<String>,
+}
+
+enum Answer {
+    Doc(Box<Fetched>),
+    NotModified { waited: bool },
+}
+
+/// Follows one feed into a handler. See the module docs.
+pub struct Subscriber<H> {
+    config: SubscriberConfig,
+    db: Database,
+    handler: H,
+    client: reqwest::Client,
+    cursor: Cursor,
+    checkpoint: Option<Checkpoint>,
+    /// Digests of sealed pages seen in this run, to notice rewritten history.
+    seen: HashMap<String, String>,
+    status: Arc<Status>,
+}
+
+impl<H> std::fmt::Debug for Subscriber<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("config", &self.config)
+            .field("cursor", &self.cursor)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The HTTP client subscribers use: rustls (ring), gzip, bounded connect time.
+pub fn http_client() -> reqwest::Client {
+    crate::install_crypto();
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .user_agent(concat!("feed-subscriber/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("a client with these static settings always builds")
+}
+
+impl<H: Handler> Subscriber<H> {
+    /// A subscriber writing to `db` (which must have the feed migrations applied,
+    /// e.g. through [`crate::EventLog::open`] or [`Database::migrate`]).
+    pub fn new(config: SubscriberConfig, db: Database, handler: H) -> Self {
+        Self {
+            config,
+            db,
+            handler,
+            client: http_client(),
+            cursor: Cursor::Locate,
+            checkpoint: None,
+            seen: HashMap::new(),
+            status: Arc::new(Status::default()),
+        }
+    }
+
+    /// Uses `client` instead of a fresh one.
+    pub fn with_client(mut self, client: reqwest::Client) -> Self {
+        self.client = client;
+        self
+    }
+
+    /// The live numbers, shareable with an index page.
+    pub fn status(&self) -> Arc<Status> {
+        self.status.clone()
+    }
+
+    /// The handler.
+    pub fn handler(&self) -> &H {
+        &self.handler
+    }
+
+    /// The last position applied (read from the database on first use).
+    pub async fn checkpoint(&mut self) -> Result<Position, SubscribeError> {
+        Ok(self.load_checkpoint().await?.position)
+    }
+
+    async fn load_checkpoint(&mut self) -> Result<Checkpoint, SubscribeError> {
+        if let Some(c) = &self.checkpoint {
+            return Ok(c.clone());
+        }
+        let row: Option<(i64, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT position, page_url, page_digest FROM feed_checkpoints WHERE subscription = $1",
+        )
+        .bind(&self.config.name)
+        .fetch_optional(self.db.pool())
+        .await?;
+        let c = row.map_or(
+            Checkpoint {
+                position: 0,
+                page_url: None,
+                page_digest: None,
+            },
+            |(p, page_url, page_digest)| Checkpoint {
+                position: p as Position,
+                page_url,
+                page_digest,
+            },
+        );
+        self.status.checkpoint.store(c.position, Ordering::Relaxed);
+        self.checkpoint = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Runs until `shutdown` resolves or a fatal error. Transient failures are logged
+    /// and retried with jittered exponential backoff.
+    pub async fn run(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), SubscribeError> {
+        tokio::pin!(shutdown);
+        let (min, max) = self.config.backoff;
+        let mut delay = min;
+        loop {
+            let step = tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                step = self.poll_once() => step,
+            };
+            let pause = match step {
+                Ok(Progress::Applied { .. }) | Ok(Progress::CaughtUp { waited: true, .. }) => {
+                    delay = min;
+                    None
+                }
+                Ok(Progress::CaughtUp { waited: false, .. }) => {
+                    delay = min;
+                    Some(self.config.poll_interval)
+                }
+                Err(e) if e.is_fatal() => {
+                    tracing::error!(subscription = %self.config.name, error = %e, "subscription stopped");
+                    return Err(e);
+                }
+                Err(e) => {
+                    tracing::warn!(subscription = %self.config.name, error = %e, retry_in = ?delay, "feed step failed");
+                    // Full jitter: anywhere in [delay/2, delay], so many subscribers
+                    // that failed together do not come back together.
+                    let jittered = delay.mul_f64(0.5 + fastrand::f64() * 0.5);
+                    delay = (delay * 2).min(max);
+                    Some(jittered)
+                }
+            };
+            if let Some(pause) = pause {
+                tokio::select! {
+                    () = &mut shutdown => return Ok(()),
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    }
+
+    /// One step: reads one document and applies what is new on it.
+    pub async fn poll_once(&mut self) -> Result<Progress, SubscribeError> {
+        let result = self.step().await;
+        match &result {
+            Ok(_) => self.status.set_error(None),
+            Err(e) => {
+                self.status.set_error(Some(e.to_string()));
+                // After any failure, find the way again from the checkpoint.
+                self.cursor = Cursor::Locate;
+            }
+        }
+        result
+    }
+
+    async fn step(&mut self) -> Result<Progress, SubscribeError> {
+        let cp = self.load_checkpoint().await?;
+        let mut fetched = match self.cursor.clone() {
+            Cursor::Head { url, etag } => {
+                let wait = etag.is_some().then_some(self.config.long_poll);
+                match self.fetch(&url, etag.as_deref(), wait).await? {
+                    Answer::NotModified { waited } => {
+                        return Ok(Progress::CaughtUp {
+                            position: cp.position,
+                            waited,
+                        });
+                    }
+                    Answer::Doc(f) => *f,
+                }
+            }
+            Cursor::Page(url) => self.fetch_doc(&url).await?,
+            Cursor::Locate => self.locate(&cp).await?,
+        };
+        // Skip sealed pages that hold nothing new (bounded: each hop moves forward).
+        loop {
+            let next = cp.position + 1;
+            let newest = fetched.doc.entries.last().map_or(0, |e| e.position);
+            if fetched.doc.archive && newest < next {
+                let url = self.next_archive(&fetched)?;
+                fetched = self.fetch_doc(&url).await?;
+                continue;
+            }
+            // An empty head starts after the producer's last position.
+            let oldest = fetched.doc.entries.first().map_or_else(
+                || fetched.doc.head_position.map_or(next, |h| h + 1),
+                |e| e.position,
+            );
+            if !fetched.doc.archive && oldest > next {
+                // The page holding `next` was sealed since we last looked.
+                fetched = self.walk_back(fetched, next).await?;
+                continue;
+            }
+            break;
+        }
+        self.apply(cp, fetched).await
+    }
+
+    async fn locate(&mut self, cp: &Checkpoint) -> Result<Fetched, SubscribeError> {
+        if let Some(url) = &cp.page_url {
+            let f = self.fetch_doc(url).await?;
+            if f.doc.archive
+                && let Some(d) = &cp.page_digest
+                && *d != f.digest
+            {
+                return Err(SubscribeError::PageChanged { url: f.url });
+            }
+            return Ok(f);
+        }
+        let head = self.fetch_doc(&self.config.feed_url.clone()).await?;
+        if cp.position == 0 {
+            match head.doc.links.first.clone() {
+                Some(first) if Some(&first) != head.doc.links.this.as_ref() => {
+                    self.fetch_doc(&first).await
+                }
+                _ => Ok(head),
+            }
+        } else {
+            Ok(head)
+        }
+    }
+
+    async fn walk_back(
+        &mut self,
+        mut f: Fetched,
+        next: Position,
+    ) -> Result<Fetched, SubscribeError> {
+        loop {
+            let Some(prev) = f.doc.links.prev_archive.clone() else {
+                let found = f.doc.entries.first().map_or(0, |e| e.position);
+                return Err(SubscribeError::Gap {
+                    url: f.url,
+                    expected: next,
+                    found,
+                });
+            };
+            f = self.fetch_doc(&prev).await?;
+            if f.doc.entries.first().is_some_and(|e| e.position <= next) || f.doc.entries.is_empty()
+            {
+                return Ok(f);
+            }
+        }
+    }
+
+    fn next_archive(&self, f: &Fetched) -> Result<String, SubscribeError> {
+        f.doc
+            .links
+            .next_archive
+            .clone()
+            .ok_or_else(|| SubscribeError::Malformed {
+                url: f.url.clone(),
+                reason: "sealed page without a next-archive link".into(),
+            })
+    }
+
+    async fn apply(&mut self, cp: Checkpoint, f: Fetched) -> Result<Progress, SubscribeError> {
+        if let Some(head) = f.doc.head_position {
+            self.status.head.fetch_max(head, Ordering::Relaxed);
+        }
+        let new: Vec<&Event> = f
+            .doc
+            .entries
+            .iter()
+            .filter(|e| e.position > cp.position)
+            .collect();
+        let mut expected = cp.position + 1;
+        for e in &new {
+            if e.position != expected {
+                return Err(SubscribeError::Gap {
+                    url: f.url.clone(),
+                    expected,
+                    found: e.position,
+                });
+            }
+            expected += 1;
+        }
+        let next_cursor = if f.doc.archive {
+            Cursor::Page(self.next_archive(&f)?)
+        } else {
+            Cursor::Head {
+                url: f.doc.links.this.clone().unwrap_or_else(|| f.url.clone()),
+                etag: f.etag.clone(),
+            }
+        };
+        if new.is_empty() {
+            self.cursor = next_cursor;
+            return Ok(Progress::CaughtUp {
+                position: cp.position,
+                waited: true,
+            });
+        }
+        let events: Vec<Event> = new.into_iter().cloned().collect();
+        let last = expected - 1;
+        let page_url = f.doc.links.this.clone().unwrap_or_else(|| f.url.clone());
+        let page_digest = f.doc.archive.then(|| f.digest.clone());
+        let mut tx = self.db.begin().await?;
+        self.handler
+            .handle_batch(&mut tx, &events)
+            .await
+            .map_err(|source| SubscribeError::Handler {
+                position: cp.position + 1,
+                source,
+            })?;
+        sqlx::query(
+            "INSERT INTO feed_checkpoints (subscription, position, page_url, page_digest, updated_at) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (subscription) DO UPDATE SET position = excluded.position, \
+             page_url = excluded.page_url, page_digest = excluded.page_digest, updated_at = excluded.updated_at",
+        )
+        .bind(&self.config.name)
+        .bind(last as i64)
+        .bind(&page_url)
+        .bind(page_digest.as_deref())
+        .bind(atom::format_time(&chrono::Utc::now()))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.checkpoint = Some(Checkpoint {
+            position: last,
+            page_url: Some(page_url),
+            page_digest,
+        });
+        self.status.checkpoint.store(last, Ordering::Relaxed);
+        self.status.head.fetch_max(last, Ordering::Relaxed);
+        self.cursor = next_cursor;
+        Ok(Progress::Applied {
+            events: events.len(),
+            position: last,
+        })
+    }
+
+    async fn fetch_doc(&mut self, url: &str) -> Result<Fetched, SubscribeError> {
+        match self.fetch(url, None, None).await? {
+            Answer::Doc(f) => Ok(*f),
+            Answer::NotModified { .. } => Err(SubscribeError::Malformed {
+                url: url.to_owned(),
+                reason: "304 to an unconditional request".into(),
+            }),
+        }
+    }
+
+    async fn fetch(
+        &mut self,
+        url: &str,
+        etag: Option<&str>,
+        wait: Option<Duration>,
+    ) -> Result<Answer, SubscribeError> {
+        let mut req = self
+            .client
+            .get(url)
+            .header(reqwest::header::ACCEPT, atom::FEED_MEDIA_TYPE)
+            .timeout(wait.unwrap_or_default() + Duration::from_secs(30));
+        if let Some(etag) = etag {
+            req = req.header(reqwest::header::IF_NONE_MATCH, etag);
+        }
+        if let Some(wait) = wait {
+            req = req.header("prefer", format!("wait={}", wait.as_secs()));
+        }
+        self.status.requests.fetch_add(1, Ordering::Relaxed);
+        let unreachable = |source| SubscribeError::Unreachable {
+            url: url.to_owned(),
+            source,
+        };
+        let resp = req.send().await.map_err(unreachable)?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::NOT_MODIFIED {
+            let waited = resp.headers().contains_key("preference-applied");
+            return Ok(Answer::NotModified { waited });
+        }
+        if !status.is_success() {
+            return Err(SubscribeError::Http {
+                url: url.to_owned(),
+                status: status.as_u16(),
+            });
+        }
+        let etag = resp
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = resp.bytes().await.map_err(unreachable)?;
+        let digest = hex(&Sha256::digest(&body));
+        let text = std::str::from_utf8(&body).map_err(|e| SubscribeError::Malformed {
+            url: url.to_owned(),
+            reason: format!("not UTF-8: {e}"),
+        })?;
+        let doc = atom::parse_feed(text).map_err(|e| SubscribeError::Malformed {
+            url: url.to_owned(),
+            reason: e.0,
+        })?;
+        if doc.archive {
+            match self.seen.get(url) {
+                Some(d) if *d != digest => {
+                    return Err(SubscribeError::PageChanged {
+                        url: url.to_owned(),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    if self.seen.len() > 10_000 {
+                        self.seen.clear();
+                    }
+                    self.seen.insert(url.to_owned(), digest.clone());
+                }
+            }
+        }
+        Ok(Answer::Doc(Box::new(Fetched {
+            url: url.to_owned(),
+            doc,
+            digest,
+            etag,
+        })))
+    }
+}
+
+/// Forgets a subscription's checkpoint (for a rebuild: drop the replica's tables in
+/// the same transaction, then replay from position 1).
+pub async fn reset_checkpoint(tx: &mut AnyConnection, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM feed_checkpoints WHERE subscription = $1")
+        .bind(name)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

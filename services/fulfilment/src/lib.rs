@@ -1,0 +1,1 @@
+//! The fulfilment service (being written).

@@ -1,0 +1,25 @@
+//! What every retail service shares, so that each service crate holds only its
+//! domain: the command-line configuration ([`ServiceArgs`]), opening the database and
+//! the event log ([`Service::open`]), the HTTP shell around a service's own routes
+//! ([`Service::app`]: feeds, index, body limit, bearer token on commands), the
+//! problem+json error type ([`ApiError`]) and the subscriptions to other services'
+//! feeds ([`Subscriptions`]).
+//!
+//! Layout:
+//! - `config`: [`ServiceArgs`], the flags every service binary takes.
+//! - `error`: [`ApiError`] and the JSON body extractor [`ApiJson`].
+//! - `auth`: the bearer-token check for commands.
+//! - `service`: [`Service`], [`Subscriptions`], the index page and `serve`.
+
+mod auth;
+mod config;
+mod error;
+mod service;
+
+pub use config::ServiceArgs;
+pub use error::{ApiError, ApiJson};
+pub use service::{
+    MAX_BODY_BYTES, Service, Subscriptions, init_tracing, rebuild, serve, shutdown_signal,
+};
+
+pub use feed;

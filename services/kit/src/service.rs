@@ -1,0 +1,222 @@
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use feed::db::{Database, MigrationSet};
+use feed::server::{FeedConfig, FeedServer};
+use feed::store::EventLog;
+use feed::subscriber::{Handler, Status, Subscriber, SubscriberConfig};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use crate::ServiceArgs;
+
+/// The largest command body a service accepts (413 beyond).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// A running service's shared pieces. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Service {
+    /// The service's name (`sales`).
+    pub name: &'static str,
+    /// Its database (its own tables and the event log live there).
+    pub db: Database,
+    /// Its event log.
+    pub log: EventLog,
+    /// Its feed routes.
+    pub feed: FeedServer,
+    /// The bearer token commands need, if any.
+    pub token: Option<Arc<str>>,
+    /// Its subscriptions, for the index page.
+    pub subscriptions: Subscriptions,
+}
+
+impl Service {
+    /// Opens the database named by `args`, applies the feed's and the service's
+    /// migrations, and sets up the feed server. `base_url` is the public URL the
+    /// service is reached at (required when the listener is not bound yet).
+    pub async fn open(
+        name: &'static str,
+        args: &ServiceArgs,
+        migrations: &MigrationSet,
+        base_url: &str,
+    ) -> anyhow::Result<Self> {
+        if args.database_url.is_none() {
+            std::fs::create_dir_all(&args.data_dir)?;
+        }
+        let db = Database::connect(&args.database_url_for(name)).await?;
+        let log = EventLog::open(db.clone()).await?;
+        db.migrate(migrations).await?;
+        let mut feed_config = FeedConfig::new(base_url, name);
+        feed_config.page_size = args.page_size;
+        let feed = FeedServer::new(log.clone(), feed_config).await?;
+        Ok(Self {
+            name,
+            db,
+            log,
+            feed,
+            token: args
+                .api_token
+                .clone()
+                .filter(|t| !t.is_empty())
+                .map(Arc::from),
+            subscriptions: Subscriptions::default(),
+        })
+    }
+
+    /// The service's whole HTTP app: its own `routes` (commands need the token), the
+    /// feed routes, the index at `/`, a body limit and request tracing.
+    pub fn app(&self, routes: Router) -> Router {
+        let commands = routes.layer(axum::middleware::from_fn_with_state(
+            self.token.clone(),
+            crate::auth::require_token,
+        ));
+        Router::new()
+            .route("/", get(index))
+            .with_state(self.clone())
+            .merge(self.feed.router())
+            .merge(commands)
+            .layer(tower_http::limit::RequestBodyLimitLayer::new(
+                MAX_BODY_BYTES,
+            ))
+            .layer(tower_http::trace::TraceLayer::new_for_http())
+    }
+}
+
+#[derive(Debug, Clone)]
+struct SubscriptionInfo {
+    name: String,
+    feed_url: String,
+    status: Arc<Status>,
+}
+
+/// The subscriptions a service runs, started on a [`JoinSet`] and listed on its index.
+#[derive(Debug, Clone, Default)]
+pub struct Subscriptions {
+    list: Arc<std::sync::Mutex<Vec<SubscriptionInfo>>>,
+}
+
+impl Subscriptions {
+    /// Starts following `feed_url` into `handler` (checkpoint `name` in `db`) until
+    /// `shutdown` resolves. A fatal feed error ends the task with that error.
+    pub fn spawn<H: Handler + 'static>(
+        &self,
+        tasks: &mut JoinSet<anyhow::Result<()>>,
+        db: &Database,
+        name: &str,
+        feed_url: &str,
+        handler: H,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let subscriber =
+            Subscriber::new(SubscriberConfig::new(name, feed_url), db.clone(), handler);
+        if let Ok(mut list) = self.list.lock() {
+            list.push(SubscriptionInfo {
+                name: name.to_owned(),
+                feed_url: feed_url.to_owned(),
+                status: subscriber.status(),
+            });
+        }
+        tasks.spawn(async move { Ok(subscriber.run(shutdown).await?) });
+    }
+
+    fn snapshot(&self) -> Vec<SubscriptionInfo> {
+        self.list.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+async fn index(State(s): State<Service>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let head = s.log.head().await.unwrap_or(0);
+    let base = s.feed.base_url();
+    let follows: Vec<_> = s
+        .subscriptions
+        .snapshot()
+        .into_iter()
+        .map(|i| {
+            serde_json::json!({
+                "subscription": i.name,
+                "feed": i.feed_url,
+                "checkpoint": i.status.checkpoint(),
+                "head": i.status.head(),
+                "lag": i.status.lag(),
+                "error": i.status.last_error(),
+            })
+        })
+        .collect();
+    let body = serde_json::json!({
+        "service": s.name,
+        "publishes": { "feed": format!("{base}/feed"), "head_position": head },
+        "follows": follows,
+    });
+    (
+        [(axum::http::header::CACHE_CONTROL, "max-age=1")],
+        axum::Json(body),
+    )
+        .into_response()
+}
+
+/// Serves `app` on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Rebuilds replicas: in one transaction runs `drop_sql` (statements that empty the
+/// service's replica tables) and forgets the checkpoints `subscriptions`; the next
+/// start replays those feeds from position 1.
+pub async fn rebuild(
+    db: &Database,
+    drop_sql: &[&'static str],
+    subscriptions: &[&str],
+) -> anyhow::Result<()> {
+    let mut tx = db.begin().await?;
+    for sql in drop_sql {
+        sqlx::query(*sql).execute(&mut *tx).await?;
+    }
+    for name in subscriptions {
+        feed::subscriber::reset_checkpoint(&mut tx, name).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! The loyalty service (being written).

@@ -1,0 +1,1 @@
+//! The sales service (being written).

@@ -1,0 +1,1 @@
+//! The shipping service (being written).
