@@ -178,20 +178,24 @@ impl PageLayout {
         (range.from > 1).then(|| self.page_of(range.from - 1))
     }
 
-    /// The page after `range`: a sealed page, or None when the next one is the head.
+    /// The page after `range` if it is sealed at `head`.
     pub fn next_sealed(&self, range: PageRange, head: Position) -> Option<PageRange> {
         let next = self.page_of(range.to + 1);
         (next.to <= head).then_some(next)
     }
 
-    /// The layout after switching to `size` when the log's last position is `head`:
-    /// the new size applies from the first unsealed page on.
+    /// The layout after switching to `size` when the log's last position is `head`.
+    /// The page being filled keeps its range, because the newest sealed page already
+    /// names it as its `next-archive`; the new size applies from the page after it.
     pub fn with_size_from_head(&self, size: u64, head: Position) -> Self {
         let size = size.max(1);
         if size == self.current_size() {
             return self.clone();
         }
-        let start = self.head_start(head);
+        let filling = self.page_of(head + 1);
+        // Nothing has been written under the current head page's size yet when the log
+        // is empty: then the new size may start right away.
+        let start = if head == 0 { 1 } else { filling.to + 1 };
         let mut segments: Vec<Segment> = self
             .segments
             .iter()
@@ -200,6 +204,12 @@ impl PageLayout {
             .collect();
         segments.push(Segment { from: start, size });
         Self { segments }
+    }
+
+    /// Whether `range` is the page currently being filled at `head` (the page the
+    /// head document shows).
+    pub fn is_filling_page(&self, range: PageRange, head: Position) -> bool {
+        self.page_of(head + 1) == range
     }
 }
 
@@ -221,8 +231,9 @@ pub struct Navigation {
     pub first: Doc,
     /// The older sealed page (`prev-archive`).
     pub prev: Option<PageRange>,
-    /// The newer document (`next-archive`): a sealed page or the head. Only sealed
-    /// pages have one.
+    /// The newer page (`next-archive`). Only sealed pages have one. It is the
+    /// permanent URL of the following page even while that page is still being filled
+    /// (the server then redirects it to the head), so a sealed page never changes.
     pub next: Option<Doc>,
 }
 
@@ -237,13 +248,14 @@ impl PageLayout {
         }
     }
 
-    /// The navigation of sealed page `range` at `head` (caller checked it is sealed).
-    pub fn page_navigation(&self, range: PageRange, head: Position) -> Navigation {
+    /// The navigation of sealed page `range`. It depends on nothing but the range,
+    /// which is what keeps a sealed page's bytes fixed forever.
+    pub fn page_navigation(&self, range: PageRange) -> Navigation {
         Navigation {
             this: Doc::Page(range),
             first: Doc::Page(self.page_of(1)),
             prev: self.prev(range),
-            next: Some(self.next_sealed(range, head).map_or(Doc::Head, Doc::Page)),
+            next: Some(Doc::Page(self.page_of(range.to + 1))),
         }
     }
 }
@@ -294,22 +306,24 @@ mod tests {
     }
 
     #[test]
-    fn a_new_page_size_applies_from_the_first_unsealed_page() {
+    fn a_new_page_size_applies_after_the_page_being_filled() {
         let l = PageLayout::uniform(10).with_size_from_head(4, 25);
+        // 21-30 is being filled and already named by 11-20: it keeps its range.
+        let want = [Segment { from: 1, size: 10 }, Segment { from: 31, size: 4 }];
+        assert_eq!(l.segments(), &want);
+        assert_eq!(l.page_of(25), r(21, 30));
+        assert_eq!(l.page_of(31), r(31, 34));
+        assert_eq!(l.page_of(36), r(35, 38));
+        assert_eq!(l.next_sealed(r(21, 30), 34), Some(r(31, 34)));
+        assert_eq!(l.prev(r(31, 34)), Some(r(21, 30)));
+        // Changing again before anything under the new size was written replaces it.
+        let l2 = l.with_size_from_head(6, 28);
+        let want = [Segment { from: 1, size: 10 }, Segment { from: 31, size: 6 }];
+        assert_eq!(l2.segments(), &want);
+        // An empty log takes the new size at once.
         assert_eq!(
-            l.segments(),
-            &[Segment { from: 1, size: 10 }, Segment { from: 21, size: 4 }]
-        );
-        assert_eq!(l.page_of(15), r(11, 20));
-        assert_eq!(l.page_of(21), r(21, 24));
-        assert_eq!(l.page_of(26), r(25, 28));
-        assert_eq!(l.next_sealed(r(11, 20), 30), Some(r(21, 24)));
-        assert_eq!(l.prev(r(21, 24)), Some(r(11, 20)));
-        // Changing again before anything under the new size was sealed replaces it.
-        let l2 = l.with_size_from_head(6, 22);
-        assert_eq!(
-            l2.segments(),
-            &[Segment { from: 1, size: 10 }, Segment { from: 21, size: 6 }]
+            PageLayout::uniform(10).with_size_from_head(3, 0),
+            PageLayout::uniform(3)
         );
     }
 

@@ -486,6 +486,9 @@ async fn archive(
         .parse()
         .map_err(|e: crate::page::RangeError| not_found(e.to_string()))?;
     let head = s.head_at_least(range.to).await?;
+    if s.inner.layout.is_filling_page(range, head) {
+        return Ok(to_head(&s.url(Doc::Head)));
+    }
     if !s.inner.layout.is_sealed_page(range, head) {
         return Err(not_found(format!(
             "{range} is not a sealed page of this feed"
@@ -498,7 +501,7 @@ async fn archive(
         .docs
         .try_get_with(key, async move {
             let entries = s2.inner.log.read_range(range.from, range.to).await?;
-            let nav = s2.inner.layout.page_navigation(range, head);
+            let nav = s2.inner.layout.page_navigation(range);
             let xml = s2.render_page(
                 Which::Log,
                 &nav,
@@ -510,7 +513,7 @@ async fn archive(
         })
         .await
         .map_err(FeedError::Unavailable)?;
-    let nav = s.inner.layout.page_navigation(range, head);
+    let nav = s.inner.layout.page_navigation(range);
     let links = s.links(&nav, |d| s.url(d)).to_header();
     let location = format!(
         "{}/feed/archive/{range}{}",
@@ -661,6 +664,9 @@ async fn stream_archive(
         .map_err(|e: crate::page::RangeError| not_found(e.to_string()))?;
     let version = s.inner.log.stream_version(&stream).await?;
     let layout = s.inner.stream_layout.clone();
+    if layout.is_filling_page(range, version) {
+        return Ok(to_head(&s.stream_url(&stream, Doc::Head)));
+    }
     if !layout.is_sealed_page(range, version) {
         return Err(not_found(format!(
             "{range} is not a sealed page of stream {stream}"
@@ -675,7 +681,7 @@ async fn stream_archive(
             DocKey::StreamPage(stream.clone(), range, w.coding),
             async move {
                 let entries = s2.inner.log.read_stream(&st, range.from, range.to).await?;
-                let nav = layout.page_navigation(range, version);
+                let nav = layout.page_navigation(range);
                 let xml = s2.render_page(
                     Which::Stream(&st),
                     &nav,
@@ -688,7 +694,7 @@ async fn stream_archive(
         )
         .await
         .map_err(FeedError::Unavailable)?;
-    let nav = s.inner.stream_layout.page_navigation(range, version);
+    let nav = s.inner.stream_layout.page_navigation(range);
     let links = s.links(&nav, |d| s.stream_url(&stream, d)).to_header();
     let location = format!(
         "{}/streams/{stream}/archive/{range}{}",
@@ -733,6 +739,20 @@ fn immutable(
         return not_modified(common);
     }
     document(r.body, coding, common, links, media_type)
+}
+
+/// The page after the newest sealed page is named by that page's `next-archive`
+/// before it is sealed; until then its URL leads to the head, briefly cacheable.
+fn to_head(head_url: &str) -> Response {
+    let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
+    if let Ok(v) = HeaderValue::from_str(head_url) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(NOT_FOUND_CACHE),
+    );
+    r
 }
 
 fn not_modified(common: Vec<(header::HeaderName, String)>) -> Response {

@@ -12,6 +12,9 @@ pub(crate) struct VerifyArgs {
 }
 
 struct Page {
+    /// Where the request ended up: the page after the newest sealed page redirects to
+    /// the head.
+    url: String,
     doc: ParsedFeed,
     body: bytes::Bytes,
     etag: Option<String>,
@@ -25,6 +28,7 @@ async fn get(client: &reqwest::Client, url: &str) -> anyhow::Result<Page> {
         .await
         .with_context(|| format!("cannot fetch {url}"))?;
     let status = resp.status();
+    let final_url = resp.url().to_string();
     if !status.is_success() {
         anyhow::bail!("{url} answered HTTP {status}");
     }
@@ -39,7 +43,12 @@ async fn get(client: &reqwest::Client, url: &str) -> anyhow::Result<Page> {
         .with_context(|| format!("cannot read {url}"))?;
     let text = std::str::from_utf8(&body).with_context(|| format!("{url} is not UTF-8"))?;
     let doc = atom::parse_feed(text).with_context(|| url.to_owned())?;
-    Ok(Page { doc, body, etag })
+    Ok(Page {
+        url: final_url,
+        doc,
+        body,
+        etag,
+    })
 }
 
 pub(crate) async fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
@@ -65,6 +74,7 @@ pub(crate) async fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     let mut url = first_url.clone();
     loop {
         let page = get(&client, &url).await?;
+        url = page.url.clone();
         pages += 1;
         let d = &page.doc;
         if d.links.this.as_deref() != Some(url.as_str()) {

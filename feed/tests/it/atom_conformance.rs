@@ -1,0 +1,341 @@
+//! Documents meet RFC 4287's MUST rules and parse in independent feed readers, and
+//! any event survives the trip to Atom and back.
+
+use chrono::{TimeZone, Utc};
+use feed::atom::{self, ATOM_NS, FeedMeta, Links};
+use feed::event::{Event, EventType, StreamId};
+use feed::store::EventLog;
+use proptest::prelude::*;
+
+use crate::helpers::{TestFeed, append_n, client, get, sqlite_url};
+
+/// Checks the MUST-level rules of RFC 4287 that a document produced by us could
+/// break. Returns the violations.
+fn rfc4287_violations(xml: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    let doc = match roxmltree::Document::parse(xml) {
+        Ok(d) => d,
+        Err(e) => return vec![format!("not well-formed XML: {e}")],
+    };
+    let root = doc.root_element();
+    let atom = |n: &roxmltree::Node<'_, '_>, name: &str| {
+        n.tag_name().namespace() == Some(ATOM_NS) && n.tag_name().name() == name
+    };
+    let children = |n: roxmltree::Node<'_, '_>, name: &str| {
+        n.children()
+            .filter(|c| c.is_element() && atom(c, name))
+            .count()
+    };
+    let is_date = |n: roxmltree::Node<'_, '_>| {
+        let t = n.text().unwrap_or("");
+        // RFC 3339 date-time, upper-case T and Z (section 3.3).
+        chrono::DateTime::parse_from_rfc3339(t).is_ok()
+            && t.contains('T')
+            && !t.contains('t')
+            && !t.contains('z')
+    };
+    let check_common =
+        |n: roxmltree::Node<'_, '_>, what: &str, v: &mut Vec<String>, need_author: bool| {
+            for name in ["id", "title", "updated"] {
+                if children(n, name) != 1 {
+                    v.push(format!(
+                        "{what}: {} atom:{name} elements (4.1.1/4.1.2: exactly one)",
+                        children(n, name)
+                    ));
+                }
+            }
+            for name in [
+                "rights",
+                "subtitle",
+                "icon",
+                "logo",
+                "generator",
+                "summary",
+                "content",
+                "published",
+            ] {
+                if children(n, name) > 1 {
+                    v.push(format!("{what}: more than one atom:{name}"));
+                }
+            }
+            if need_author && children(n, "author") == 0 {
+                v.push(format!("{what}: no atom:author (4.1.1/4.1.2)"));
+            }
+            let mut alternates = std::collections::HashSet::new();
+            for c in n.children().filter(|c| c.is_element()) {
+                if (atom(&c, "updated") || atom(&c, "published")) && !is_date(c) {
+                    v.push(format!(
+                        "{what}: {} is not an RFC 3339 date-time (3.3)",
+                        c.text().unwrap_or("")
+                    ));
+                }
+                if atom(&c, "id") {
+                    let t = c.text().unwrap_or("");
+                    if !t.contains(':') || t.contains(' ') {
+                        v.push(format!(
+                            "{what}: atom:id {t:?} is not an absolute IRI (4.2.6)"
+                        ));
+                    }
+                }
+                if atom(&c, "link") {
+                    let Some(href) = c.attribute("href") else {
+                        v.push(format!("{what}: atom:link without href (4.2.7.1)"));
+                        continue;
+                    };
+                    if c.attribute("rel").unwrap_or("alternate") == "alternate"
+                        && !alternates.insert((
+                            c.attribute("type").map(str::to_owned),
+                            c.attribute("hreflang").map(str::to_owned),
+                        ))
+                    {
+                        v.push(format!(
+                            "{what}: two alternate links with the same type and hreflang ({href})"
+                        ));
+                    }
+                }
+                if atom(&c, "category") && c.attribute("term").is_none() {
+                    v.push(format!("{what}: atom:category without term (4.2.2.1)"));
+                }
+                if atom(&c, "author") && children(c, "name") != 1 {
+                    v.push(format!(
+                        "{what}: person construct without exactly one atom:name (3.2.1)"
+                    ));
+                }
+                if atom(&c, "title")
+                    || atom(&c, "summary")
+                    || atom(&c, "rights")
+                    || atom(&c, "subtitle")
+                {
+                    let t = c.attribute("type").unwrap_or("text");
+                    if !["text", "html", "xhtml"].contains(&t) {
+                        v.push(format!("{what}: text construct of type {t} (3.1.1)"));
+                    }
+                    if t != "xhtml" && c.children().any(|x| x.is_element()) {
+                        v.push(format!(
+                            "{what}: text construct with child elements (3.1.1.1)"
+                        ));
+                    }
+                }
+            }
+        };
+    let check_entry = |e: roxmltree::Node<'_, '_>, v: &mut Vec<String>, need_author: bool| {
+        check_common(e, "entry", v, need_author);
+        let content = e.children().find(|c| c.is_element() && atom(c, "content"));
+        match content {
+            None => {
+                let has_alternate = e.children().any(|c| {
+                    c.is_element()
+                        && atom(&c, "link")
+                        && c.attribute("rel").unwrap_or("alternate") == "alternate"
+                });
+                if !has_alternate {
+                    v.push("entry: no atom:content and no alternate link (4.1.1.2)".into());
+                }
+            }
+            Some(c) => {
+                let t = c.attribute("type").unwrap_or("text");
+                let xmlish = t.ends_with("+xml") || t.ends_with("/xml");
+                let inline_ok =
+                    ["text", "html", "xhtml"].contains(&t) || xmlish || t.starts_with("text/");
+                let has_summary = children(e, "summary") == 1;
+                if !inline_ok && !has_summary {
+                    v.push(format!("entry: content type {t} is Base64 (4.1.3.3) and then needs atom:summary (4.1.2)"));
+                }
+                if c.attribute("src").is_some() && !has_summary {
+                    v.push("entry: content with src needs atom:summary".into());
+                }
+                if t == "text" && c.children().any(|x| x.is_element()) {
+                    v.push("entry: text content with child elements (4.1.3.3)".into());
+                }
+            }
+        }
+    };
+    if atom(&root, "feed") {
+        let feed_has_author = children(root, "author") > 0;
+        check_common(root, "feed", &mut v, false);
+        let entries: Vec<_> = root
+            .children()
+            .filter(|c| c.is_element() && atom(c, "entry"))
+            .collect();
+        if !feed_has_author && entries.is_empty() {
+            v.push("feed: no atom:author and no entries (4.1.1)".into());
+        }
+        for e in entries {
+            check_entry(e, &mut v, !feed_has_author);
+        }
+    } else if atom(&root, "entry") {
+        check_entry(root, &mut v, true);
+    } else {
+        v.push("root is neither atom:feed nor atom:entry".into());
+    }
+    v
+}
+
+#[tokio::test]
+async fn every_document_meets_rfc_4287_and_parses_in_independent_readers() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let log = EventLog::connect(&sqlite_url(&dir, "log.db"))
+        .await
+        .expect("log");
+    let feed = TestFeed::start(log.clone(), 10).await;
+    let c = client();
+    // The empty head too.
+    let mut paths = vec!["/feed".to_owned()];
+    let empty = get(&c, &feed.url("/feed"), &[])
+        .await
+        .text()
+        .await
+        .expect("body");
+    assert_eq!(
+        rfc4287_violations(&empty),
+        Vec::<String>::new(),
+        "empty head"
+    );
+    append_n(&log, 25, 25).await;
+    paths.extend(
+        [
+            "/feed/archive/1-10",
+            "/feed/archive/11-20",
+            "/streams/s-3",
+            "/streams/s-3.atom",
+        ]
+        .map(str::to_owned),
+    );
+    for path in &paths {
+        let xml = get(&c, &feed.url(path), &[])
+            .await
+            .text()
+            .await
+            .expect("body");
+        assert_eq!(rfc4287_violations(&xml), Vec::<String>::new(), "{path}");
+        let parsed = feed_rs::parser::parse(xml.as_bytes())
+            .unwrap_or_else(|e| panic!("feed-rs rejects {path}: {e}"));
+        let ours = atom::parse_feed(&xml).expect("our reader");
+        assert_eq!(parsed.entries.len(), ours.entries.len(), "{path}");
+        for (theirs, mine) in parsed.entries.iter().zip(ours.entries.iter().rev()) {
+            assert_eq!(theirs.id, format!("urn:uuid:{}", mine.id));
+            let content = theirs
+                .content
+                .as_ref()
+                .and_then(|c| c.body.clone())
+                .expect("content");
+            assert_eq!(
+                serde_json::from_str::<serde_json::Value>(&content).expect("json"),
+                mine.data
+            );
+        }
+        let other = atom_syndication::Feed::read_from(xml.as_bytes())
+            .unwrap_or_else(|e| panic!("atom_syndication rejects {path}: {e}"));
+        assert_eq!(other.entries().len(), ours.entries.len());
+    }
+    let entry = get(&c, &feed.url("/feed/events/7"), &[]).await;
+    assert!(
+        entry.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("application/atom+xml;type=entry")
+    );
+    let xml = entry.text().await.expect("body");
+    assert_eq!(
+        rfc4287_violations(&xml),
+        Vec::<String>::new(),
+        "entry document"
+    );
+    assert_eq!(atom::parse_entry(&xml).expect("entry").position, 7);
+}
+
+#[test]
+fn the_checker_catches_raw_json_content_and_missing_elements() {
+    let bad = r#"<feed xmlns="http://www.w3.org/2005/Atom"><id>x:1</id><title>t</title><updated>2026-01-01T00:00:00Z</updated>
+        <author><name>a</name></author>
+        <entry><id>urn:uuid:1</id><title>T</title><content type="application/json">{"a":1}</content></entry></feed>"#;
+    let v = rfc4287_violations(bad);
+    assert!(v.iter().any(|m| m.contains("4.1.3.3")), "{v:?}");
+    assert!(v.iter().any(|m| m.contains("atom:updated")), "{v:?}");
+}
+
+fn arb_json() -> impl Strategy<Value = serde_json::Value> {
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::from),
+        any::<i64>().prop_map(serde_json::Value::from),
+        "\\PC*".prop_map(serde_json::Value::from),
+        // XML-special and awkward characters.
+        "[<>&\"'\\]\\[{}\u{0}-\u{1f}\u{7f}\u{fffe}\u{ffff}\u{10ffff}é€😀 ]{0,20}"
+            .prop_map(serde_json::Value::from),
+    ];
+    leaf.prop_recursive(4, 64, 8, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..8).prop_map(serde_json::Value::from),
+            prop::collection::btree_map("\\PC{0,12}", inner, 0..8)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+fn arb_event() -> impl Strategy<Value = Event> {
+    (
+        1u64..i64::MAX as u64,
+        any::<u128>(),
+        "[a-z0-9:._~-]{1,40}",
+        1u64..1_000_000,
+        "[A-Z][A-Za-z0-9_.]{0,30}",
+        0i64..4_000_000_000_000_000,
+        prop::collection::btree_map("\\PC{0,12}", arb_json(), 0..10),
+        prop::collection::btree_map("[a-z_]{1,10}", arb_json(), 0..3),
+    )
+        .prop_filter_map(
+            "valid names",
+            |(position, id, stream, version, t, micros, data, meta)| {
+                Some(Event {
+                    position,
+                    id: uuid::Uuid::from_u128(id),
+                    stream: StreamId::parse(stream).ok()?,
+                    stream_version: version,
+                    event_type: EventType::parse(t).ok()?,
+                    occurred_at: Utc.timestamp_micros(micros).single()?,
+                    data: serde_json::Value::Object(data.into_iter().collect()),
+                    metadata: serde_json::Value::Object(meta.into_iter().collect()),
+                })
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn any_event_survives_atom_and_back(events in prop::collection::vec(arb_event(), 1..6), big in 0usize..3) {
+        let mut events = events;
+        if big > 1 {
+            events[0].data["big"] = serde_json::Value::from("x<&>".repeat(20_000));
+        }
+        // A page holds distinct, ordered positions.
+        for (i, e) in events.iter_mut().enumerate() {
+            e.position = i as u64 + 1;
+        }
+        let links = Links { this: Some("http://h/feed".into()), ..Links::default() };
+        let xml = atom::render_feed(&FeedMeta {
+            id: "http://h/feed",
+            title: "t <&>",
+            author: "svc",
+            base_url: "http://h",
+            links: &links,
+            archive: true,
+            head_position: None,
+            empty_updated: Utc.timestamp_micros(0).single().expect("epoch"),
+        }, &events);
+        prop_assert_eq!(rfc4287_violations(&xml), Vec::<String>::new());
+        let back = atom::parse_feed(&xml).expect("parse");
+        prop_assert_eq!(&back.entries, &events);
+        prop_assert!(back.archive);
+        let entry = atom::render_entry(&events[0], "svc", "http://h", &links);
+        prop_assert_eq!(atom::parse_entry(&entry).expect("entry"), events[0].clone());
+    }
+
+    #[test]
+    fn the_atom_reader_never_panics_on_garbage(s in "\\PC{0,300}") {
+        let _ = atom::parse_feed(&s);
+        let _ = atom::parse_entry(&s);
+    }
+}

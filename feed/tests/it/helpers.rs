@@ -1,0 +1,127 @@
+use feed::event::{EventType, NewEvent, StreamId};
+use feed::server::{FeedConfig, FeedServer};
+use feed::store::{EventLog, Expected};
+use tokio::task::JoinHandle;
+
+/// A feed server on a port-0 listener, stopped when dropped.
+pub(crate) struct TestFeed {
+    pub(crate) base: String,
+    server: CancelOnDrop,
+}
+
+impl TestFeed {
+    pub(crate) async fn start(log: EventLog, page_size: u64) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        Self::start_on(log, page_size, listener).await
+    }
+
+    pub(crate) async fn start_on(
+        log: EventLog,
+        page_size: u64,
+        listener: tokio::net::TcpListener,
+    ) -> Self {
+        let addr = listener.local_addr().expect("addr");
+        let base = format!("http://{addr}");
+        let mut config = FeedConfig::new(&base, "test");
+        config.page_size = Some(page_size);
+        let server = FeedServer::new(log, config).await.expect("feed server");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let handle: JoinHandle<()> = tokio::spawn(async move {
+            let _ = feed::server::serve(listener, server.router(), async {
+                let _ = rx.await;
+            })
+            .await;
+        });
+        Self {
+            base,
+            server: CancelOnDrop(Some(tx), handle),
+        }
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Stops the server and waits until the port is closed.
+    pub(crate) async fn stop(mut self) {
+        self.server.stop().await;
+    }
+}
+
+struct CancelOnDrop(Option<tokio::sync::oneshot::Sender<()>>, JoinHandle<()>);
+
+impl CancelOnDrop {
+    pub(crate) async fn stop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+        self.1.abort();
+        let _ = (&mut self.1).await;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+        self.1.abort();
+    }
+}
+
+pub(crate) fn sqlite_url(dir: &tempfile::TempDir, name: &str) -> String {
+    dir.path().join(name).display().to_string()
+}
+
+pub(crate) fn event(stream: &str, n: u64) -> NewEvent {
+    NewEvent::new(
+        StreamId::parse(stream).expect("stream"),
+        EventType::parse("Something.Happened").expect("type"),
+        serde_json::json!({ "n": n, "text": "<&\"'>" }),
+    )
+}
+
+/// Appends `n` events, `per_tx` per transaction, to streams s-0 .. s-9.
+pub(crate) async fn append_n(log: &EventLog, n: u64, per_tx: u64) {
+    let mut i = 0;
+    while i < n {
+        let mut tx = log.begin().await.expect("begin");
+        let batch: Vec<NewEvent> = (i..(i + per_tx).min(n))
+            .map(|k| event(&format!("s-{}", k % 10), k))
+            .collect();
+        log.append(&mut tx, Expected::Any, &batch)
+            .await
+            .expect("append");
+        tx.commit().await.expect("commit");
+        i += per_tx;
+    }
+}
+
+pub(crate) fn client() -> reqwest::Client {
+    feed::install_crypto();
+    reqwest::Client::builder()
+        .no_gzip()
+        .build()
+        .expect("client")
+}
+
+pub(crate) async fn get(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut r = client.get(url);
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    r.send().await.expect("request")
+}
+
+pub(crate) fn header(r: &reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .map(|v| v.to_str().expect("ascii").to_owned())
+        .unwrap_or_default()
+}

@@ -1,0 +1,273 @@
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use feed::store::{AppendError, EventLog, Expected};
+use feed::testing::PgCluster;
+
+use crate::helpers::{event, sqlite_url};
+
+/// 16 writers append concurrently while a reader polls the log and records every
+/// (position, id) it sees. Positions must never appear out of order (a reader that
+/// saw p must never later discover a new event below p), and none may be missing.
+async fn concurrent_appends_are_gapless_and_commit_ordered(log: EventLog) {
+    let writers = 16;
+    let per_writer = 60;
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let log = log.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut seen: BTreeMap<u64, String> = BTreeMap::new();
+            let mut highest = 0u64;
+            loop {
+                let finished = done.load(Ordering::SeqCst);
+                let events = log.read_range(1, u64::MAX).await.expect("read");
+                for e in &events {
+                    match seen.get(&e.position) {
+                        Some(id) => assert_eq!(
+                            id,
+                            &e.id.to_string(),
+                            "position {} changed its event",
+                            e.position
+                        ),
+                        None => {
+                            assert!(
+                                e.position > highest,
+                                "position {} appeared after {highest} had been seen",
+                                e.position
+                            );
+                            seen.insert(e.position, e.id.to_string());
+                        }
+                    }
+                }
+                highest = seen.keys().next_back().copied().unwrap_or(0);
+                if finished {
+                    return seen;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_writer {
+                let mut tx = log.begin().await.expect("begin");
+                // Single events and small batches, some with a conflict check.
+                let batch: Vec<_> = (0..(i % 3 + 1))
+                    .map(|k| event(&format!("w{w}"), i * 10 + k))
+                    .collect();
+                log.append(&mut tx, Expected::Any, &batch)
+                    .await
+                    .expect("append");
+                tx.commit().await.expect("commit");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    done.store(true, Ordering::SeqCst);
+    let seen = reader.await.expect("reader");
+    let head = log.head().await.expect("head");
+    let expected: u64 = (0..per_writer).map(|i| i % 3 + 1).sum::<u64>() * writers;
+    assert_eq!(head, expected);
+    assert_eq!(seen.len() as u64, head, "the reader missed positions");
+    assert_eq!(
+        seen.keys().copied().collect::<Vec<_>>(),
+        (1..=head).collect::<Vec<_>>()
+    );
+    // Stream versions are gapless per stream too.
+    for w in 0..writers {
+        let stream = feed::event::StreamId::parse(format!("w{w}")).expect("stream");
+        let events = log.read_stream(&stream, 1, u64::MAX).await.expect("stream");
+        let versions: Vec<u64> = events.iter().map(|e| e.stream_version).collect();
+        assert_eq!(versions, (1..=versions.len() as u64).collect::<Vec<_>>());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_positions_are_gapless_and_commit_ordered_under_16_writers() {
+    let Some(pg) = PgCluster::start() else { return };
+    let log = EventLog::connect(&pg.database("gapless"))
+        .await
+        .expect("connect");
+    concurrent_appends_are_gapless_and_commit_ordered(log).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_positions_are_gapless_and_commit_ordered_under_16_writers() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let log = EventLog::connect(&sqlite_url(&dir, "log.db"))
+        .await
+        .expect("connect");
+    concurrent_appends_are_gapless_and_commit_ordered(log).await;
+}
+
+async fn appending_the_same_id_again_returns_the_original_position(log: EventLog) {
+    let e = event("order-1", 1);
+    let mut tx = log.begin().await.expect("begin");
+    let first = log
+        .append(&mut tx, Expected::NoStream, std::slice::from_ref(&e))
+        .await
+        .expect("append");
+    tx.commit().await.expect("commit");
+    let mut tx = log.begin().await.expect("begin");
+    log.append(&mut tx, Expected::Any, &[event("order-2", 2)])
+        .await
+        .expect("append");
+    // A retry of the first command: same id, even with the now-stale expectation.
+    let again = log
+        .append(&mut tx, Expected::NoStream, &[e])
+        .await
+        .expect("retry");
+    tx.commit().await.expect("commit");
+    assert_eq!(first, vec![1]);
+    assert_eq!(again, vec![1]);
+    assert_eq!(log.head().await.expect("head"), 2);
+}
+
+async fn a_stale_expected_version_is_a_conflict_and_writes_nothing(log: EventLog) {
+    let mut tx = log.begin().await.expect("begin");
+    log.append(&mut tx, Expected::NoStream, &[event("order-9", 1)])
+        .await
+        .expect("append");
+    tx.commit().await.expect("commit");
+    let mut tx = log.begin().await.expect("begin");
+    let err = log
+        .append(&mut tx, Expected::Version(0), &[event("order-9", 2)])
+        .await
+        .expect_err("conflict");
+    drop(tx);
+    assert!(
+        matches!(err, AppendError::Conflict { actual: 1, .. }),
+        "{err}"
+    );
+    let mut tx = log.begin().await.expect("begin");
+    let err = log
+        .append(&mut tx, Expected::NoStream, &[event("order-9", 3)])
+        .await
+        .expect_err("conflict");
+    assert!(matches!(err, AppendError::Conflict { .. }));
+    let ok = log
+        .append(&mut tx, Expected::Version(1), &[event("order-9", 4)])
+        .await
+        .expect("append");
+    tx.commit().await.expect("commit");
+    assert_eq!(ok, vec![2]);
+    let bad = feed::event::NewEvent::new(
+        feed::event::StreamId::parse("x").expect("id"),
+        feed::event::EventType::parse("X").expect("type"),
+        serde_json::json!([1, 2]),
+    );
+    let mut tx = log.begin().await.expect("begin");
+    assert!(matches!(
+        log.append(&mut tx, Expected::Any, &[bad]).await,
+        Err(AppendError::Invalid(_))
+    ));
+    drop(tx);
+    assert_eq!(log.head().await.expect("head"), 2);
+}
+
+#[tokio::test]
+async fn sqlite_appends_are_idempotent_and_checked_per_stream() {
+    let dir = tempfile::tempdir().expect("tmp");
+    appending_the_same_id_again_returns_the_original_position(
+        EventLog::connect(&sqlite_url(&dir, "a.db"))
+            .await
+            .expect("log"),
+    )
+    .await;
+    a_stale_expected_version_is_a_conflict_and_writes_nothing(
+        EventLog::connect(&sqlite_url(&dir, "b.db"))
+            .await
+            .expect("log"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_appends_are_idempotent_and_checked_per_stream() {
+    let Some(pg) = PgCluster::start() else { return };
+    appending_the_same_id_again_returns_the_original_position(
+        EventLog::connect(&pg.database("a")).await.expect("log"),
+    )
+    .await;
+    a_stale_expected_version_is_a_conflict_and_writes_nothing(
+        EventLog::connect(&pg.database("b")).await.expect("log"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_waiter_wakes_when_another_process_appends_to_the_same_sqlite_file() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let url = sqlite_url(&dir, "log.db");
+    let log = EventLog::connect(&url).await.expect("log");
+    let waiter = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            log.wait_for_append(0, std::time::Duration::from_secs(10))
+                .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_feedctl"))
+        .args([
+            "append",
+            "--database-url",
+            &url,
+            "--stream",
+            "a",
+            "--type",
+            "A",
+            "--data",
+            "{}",
+        ])
+        .output()
+        .await
+        .expect("feedctl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let started = std::time::Instant::now();
+    let head = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+        .await
+        .expect("woken before the timeout")
+        .expect("task")
+        .expect("wait");
+    assert_eq!(head, 1);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn a_waiter_wakes_on_a_postgres_append_from_another_connection() {
+    let Some(pg) = PgCluster::start() else { return };
+    let url = pg.database("notify");
+    let log = EventLog::connect(&url).await.expect("log");
+    let other = EventLog::connect(&url).await.expect("second pool");
+    let waiter = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            log.wait_for_append(0, std::time::Duration::from_secs(20))
+                .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut tx = other.begin().await.expect("begin");
+    other
+        .append(&mut tx, Expected::Any, &[event("a", 1)])
+        .await
+        .expect("append");
+    tx.commit().await.expect("commit");
+    let head = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+        .await
+        .expect("woken by NOTIFY well before the 20 s wait")
+        .expect("task")
+        .expect("wait");
+    assert_eq!(head, 1);
+}
