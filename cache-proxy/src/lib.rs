@@ -1,1 +1,98 @@
 //! The caching gateway in front of the services (see DESIGN.md section 7).
+//!
+//! `cache-proxy` routes path prefixes to upstream services and keeps their GET
+//! responses in a moka cache bounded in bytes, following RFC 9111 (HTTP caching),
+//! RFC 5861 (stale-while-revalidate, stale-if-error) and RFC 9211
+//! (`Cache-Status`). Concurrent misses for one key make one upstream request;
+//! stale entries are revalidated with If-None-Match; long polls pass through.
+//! The cache key is the route, path and query, the normalised format (Atom,
+//! HTML, JSON) and the content-coding, and a cache fill sends upstream nothing
+//! but that, so no client-supplied header can change what other clients get. Request directives
+//! (`Cache-Control: no-cache` from a client) are ignored, as Varnish does, so
+//! clients cannot multiply origin traffic.
+//!
+//! Embedding: build a [`Proxy`] from a [`Config`], take [`router`] (an axum
+//! `Router` whose fallback is the proxy, so more routes such as a landing page
+//! can be added to it) and serve it with [`serve_router`], or call [`serve`].
+//!
+//! Layout:
+//! - `config`: [`Config`], [`Route`], sizes and durations from the command line
+//! - `proxy`: the request path: routing, pass / miss / stale, forwarding
+//! - `key`: the cache key, Accept and Accept-Encoding normalisation
+//! - `entry`: a stored response, the moka weigher and per-entry expiry
+//! - `rules`: RFC 9111 / 5861 rules as pure functions of `now`
+//! - `cache_control`: the Cache-Control parser
+//! - `status`: outcome enums and the `Cache-Status` header
+//! - `metrics`: Prometheus counters at `/metrics`
+//! - `error`: [`ProxyError`], [`Fault`] and problem+json responses
+
+mod cache_control;
+mod config;
+mod entry;
+mod error;
+mod key;
+mod metrics;
+mod proxy;
+mod rules;
+mod status;
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+
+pub use config::{ByteSize, Config, Route, RouteError, parse_duration};
+pub use error::{Fault, ProxyError};
+pub use proxy::{BuildError, Proxy};
+
+/// The gateway as an axum router: `/metrics` and, as fallback, the proxy.
+/// Routes added to the returned router take precedence over the proxy.
+pub fn router(proxy: Proxy) -> Router {
+    let max_body = usize::try_from(proxy.config().max_body_size.0).unwrap_or(usize::MAX);
+    Router::new()
+        .route("/metrics", get(proxy::metrics))
+        .fallback(proxy::handle)
+        // Bodies without a Content-Length are cut off at the limit by the layer;
+        // a declared length over the limit gets a problem+json 413 up front.
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            proxy.clone(),
+            proxy::declared_body_limit,
+        ))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(proxy)
+}
+
+/// Serves [`router`] on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Proxy,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_router(listener, router(proxy), shutdown).await
+}
+
+/// Serves a router built on [`router`] (with extra routes) until `shutdown`
+/// resolves; the proxy sees each client's address for `X-Forwarded-For`.
+pub async fn serve_router(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    // Without TCP_NODELAY the tail of a large response can wait for the
+    // client's delayed ACK (Nagle), which caps throughput per connection.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(%err, "cannot set TCP_NODELAY");
+        }
+    });
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}

@@ -73,6 +73,21 @@ impl NewEvent {
     }
 }
 
+/// The id of an event published in reaction to `subject` (an incoming event, an
+/// order): the same inputs always give the same id, so replaying the reaction turns
+/// a second publication into a no-op. A name-based UUID (RFC 9562 version 8, from
+/// SHA-256 of the subject and `kind`).
+pub fn derived_id(subject: Uuid, kind: &str) -> Uuid {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(subject.as_bytes());
+    hash.update(kind.as_bytes());
+    let digest = hash.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
 /// The current time truncated to what the log stores (microseconds).
 pub fn now_micros() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)

@@ -8,14 +8,26 @@
 //! | stream head | `/streams/{stream}` |
 //! | sealed stream page | `/streams/{stream}/archive/{from}-{to}` (by stream version) |
 //!
-//! Every URL also answers with a `.atom` suffix (the format chosen without
-//! negotiation). Caching follows DESIGN.md section 4: sealed pages and events are
-//! immutable for a year with strong ETags derived from their bytes (so the same page
+//! Every URL also answers with a `.atom` or `.html` suffix (the format chosen without
+//! negotiation); without one, `Accept` decides (a browser gets HTML, everyone else,
+//! `*/*` and a missing header included, Atom) and `Content-Location` names the
+//! variant served. The HTML comes from [`crate::html`]; its embedded stylesheet and
+//! script are served under `/feed/_assets/`, and a 404 asked for as HTML becomes a
+//! page with a way back.
+//!
+//! Caching follows DESIGN.md section 4: sealed pages and events are immutable for a
+//! year with strong ETags derived from their bytes (so the same page
 //! has the same ETag after a restart and on every replica); the head's ETag is derived
 //! from the last position without rendering anything, so a conditional poll costs one
 //! indexed read. Each content-coding has its own ETag (RFC 9110 8.8.3.3), which is
 //! why compression happens here rather than in a generic middleware. Rendered and
 //! compressed immutable documents are kept in a memory cache bounded in bytes.
+//!
+//! HTML differs where DESIGN.md's caching table says so: weak ETags that carry the
+//! template version ([`crate::html::version_tag`]), so a new template is picked up
+//! without a purge, and [`HTML_CACHE`] instead of a year for sealed pages and events
+//! (the HTML of an event links its successor once there is one). The head and stream
+//! heads keep [`HEAD_CACHE`] in both formats.
 //!
 //! Absolute links come from the configured base URL, never from the request's Host or
 //! X-Forwarded-* headers, so a cache in front can never store a poisoned page.
@@ -36,6 +48,7 @@ use sha2::{Digest, Sha256};
 
 use crate::atom::{self, FeedMeta, Links};
 use crate::event::{Event, Position, StreamId};
+use crate::html;
 use crate::negotiate::{self, Coding, Format};
 use crate::page::{Doc, PageLayout, PageRange, parse_position};
 use crate::store::{EventLog, StoreError};
@@ -45,6 +58,9 @@ pub const IMMUTABLE: &str = "max-age=31536000, immutable";
 /// `Cache-Control` of the head. Never `no-cache` / `max-age=0`: a cache must be able
 /// to serve one fresh copy to many pollers and coalesce their misses.
 pub const HEAD_CACHE: &str = "max-age=1, stale-while-revalidate=5, stale-if-error=86400";
+/// `Cache-Control` of the HTML of sealed pages and events: templates change, the
+/// documents do not, so a short freshness with a long revalidation window.
+pub const HTML_CACHE: &str = "max-age=300, stale-while-revalidate=86400";
 /// `Cache-Control` of errors about documents that may exist soon.
 pub const NOT_FOUND_CACHE: &str = "max-age=1";
 const VARY: &str = "Accept, Accept-Encoding";
@@ -102,9 +118,9 @@ struct Inner {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum DocKey {
-    Page(PageRange, Coding),
+    Page(PageRange, Format, Coding),
     Event(Position, Coding),
-    StreamPage(StreamId, PageRange, Coding),
+    StreamPage(StreamId, PageRange, Format, Coding),
 }
 
 #[derive(Debug, Clone)]
@@ -162,11 +178,17 @@ impl FeedServer {
         Router::new()
             .route("/feed", get(head))
             .route("/feed.atom", get(head_atom))
+            .route("/feed.html", get(head_html))
+            .route("/feed/_assets/{file}", get(asset))
             .route("/feed/archive/{range}", get(archive))
             .route("/feed/events/{position}", get(event))
             .route("/streams/{stream}", get(stream_head))
             .route("/streams/{stream}/archive/{range}", get(stream_archive))
             .with_state(self.clone())
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                html_not_found,
+            ))
     }
 
     async fn head_position(&self) -> Result<Position, StoreError> {
@@ -230,6 +252,61 @@ impl FeedServer {
         }
     }
 
+    /// The event at `position`, known to be at or below the head.
+    async fn read_event_below_head(&self, position: Position) -> Result<Event, StoreError> {
+        self.inner
+            .log
+            .read_event(position)
+            .await?
+            .ok_or(StoreError::Corrupt {
+                position: position as i64,
+                reason: "missing below the head".into(),
+            })
+    }
+
+    /// The document holding `position`: its sealed page, or the head.
+    fn page_url_of(&self, position: Position, head: Position) -> String {
+        let page = self.inner.layout.page_of(position);
+        if page.to <= head {
+            self.url(Doc::Page(page))
+        } else {
+            self.url(Doc::Head)
+        }
+    }
+
+    /// Renders the HTML of the document `nav.this` covering `from..=to`;
+    /// `live_etag` (the head's) turns on the live mode.
+    fn render_html_page(
+        &self,
+        which: Which<'_>,
+        nav: &crate::page::Navigation,
+        entries: &[Event],
+        from: Position,
+        to: Position,
+        live_etag: Option<&str>,
+    ) -> String {
+        let links = self.links(nav, |d| self.doc_url(which, d));
+        let (feed, page_size) = match which {
+            Which::Log => (html::Feed::Log, self.inner.layout.current_size()),
+            Which::Stream(stream) => (
+                html::Feed::Stream(stream),
+                self.inner.stream_layout.current_size(),
+            ),
+        };
+        html::render_page(&html::PageView {
+            service: &self.inner.name,
+            base: &self.inner.base,
+            feed,
+            links: &links,
+            from,
+            to,
+            page_size,
+            sealed: matches!(nav.this, Doc::Page(_)),
+            entries,
+            live_etag,
+        })
+    }
+
     /// Renders the feed document `nav.this` of the log or of a stream.
     fn render_page(
         &self,
@@ -280,25 +357,31 @@ enum Which<'a> {
 }
 
 /// A request's representation choices.
+#[derive(Debug, Clone, Copy)]
 struct Want {
     format: Format,
-    explicit: bool,
     coding: Coding,
 }
 
+impl Want {
+    /// `Content-Type` of a feed document in this format.
+    fn feed_media_type(self) -> &'static str {
+        match self.format {
+            Format::Atom => atom::FEED_MEDIA_TYPE,
+            Format::Html => HTML_MEDIA_TYPE,
+        }
+    }
+}
+
+const HTML_MEDIA_TYPE: &str = "text/html";
+const ENTRY_MEDIA_TYPE: &str = "application/atom+xml;type=entry";
+
+/// An explicit suffix wins; otherwise `Accept` decides.
 fn want(headers: &HeaderMap, suffix: Option<Format>) -> Want {
-    let coding = negotiate::negotiate_coding(header_str(headers, header::ACCEPT_ENCODING));
-    match suffix {
-        Some(format) => Want {
-            format,
-            explicit: true,
-            coding,
-        },
-        None => Want {
-            format: negotiate::negotiate_format(header_str(headers, header::ACCEPT)),
-            explicit: false,
-            coding,
-        },
+    Want {
+        format: suffix
+            .unwrap_or_else(|| negotiate::negotiate_format(header_str(headers, header::ACCEPT))),
+        coding: negotiate::negotiate_coding(header_str(headers, header::ACCEPT_ENCODING)),
     }
 }
 
@@ -322,8 +405,6 @@ fn split_suffix(s: &str) -> (&str, Option<Format>) {
 enum FeedError {
     /// 404, cacheable for one second: the document may exist soon.
     NotFound(String),
-    /// 406: a format this server does not render.
-    NotAcceptable,
     /// 503: the database is unavailable.
     Unavailable(Arc<StoreError>),
 }
@@ -338,11 +419,6 @@ impl IntoResponse for FeedError {
     fn into_response(self) -> Response {
         match self {
             Self::NotFound(detail) => problem(StatusCode::NOT_FOUND, &detail, NOT_FOUND_CACHE),
-            Self::NotAcceptable => problem(
-                StatusCode::NOT_ACCEPTABLE,
-                "this resource is available as application/atom+xml",
-                NOT_FOUND_CACHE,
-            ),
             Self::Unavailable(e) => {
                 tracing::error!(error = %e, "feed request failed");
                 let mut r = problem(
@@ -383,6 +459,48 @@ pub fn problem(status: StatusCode, detail: &str, cache_control: &'static str) ->
         .into_response()
 }
 
+/// Turns a 404's problem+json into an HTML page when the request wanted HTML, so a
+/// person who follows a stale link gets a page with a way back.
+async fn html_not_found(
+    State(s): State<FeedServer>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path();
+    let wants_html = if path.ends_with(".atom") {
+        false
+    } else {
+        path.ends_with(".html")
+            || negotiate::negotiate_format(header_str(req.headers(), header::ACCEPT))
+                == Format::Html
+    };
+    let mut res = next.run(req).await;
+    if res.status() != StatusCode::NOT_FOUND {
+        return res;
+    }
+    // Either variant of a 404 depends on Accept: say so to caches.
+    res.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static(VARY));
+    if !wants_html {
+        return res;
+    }
+    let (mut parts, body) = res.into_parts();
+    let problem = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let detail = serde_json::from_slice::<serde_json::Value>(&problem)
+        .ok()
+        .and_then(|v| v["detail"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let page = html::render_not_found(&s.inner.name, &s.inner.base, &detail);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    Response::from_parts(parts, axum::body::Body::from(page))
+}
+
 fn not_found(what: impl Into<String>) -> FeedError {
     FeedError::NotFound(what.into())
 }
@@ -395,15 +513,38 @@ async fn head_atom(State(s): State<FeedServer>, headers: HeaderMap) -> Result<Re
     serve_head(s, headers, Some(Format::Atom)).await
 }
 
+async fn head_html(State(s): State<FeedServer>, headers: HeaderMap) -> Result<Response, FeedError> {
+    serve_head(s, headers, Some(Format::Html)).await
+}
+
+/// The embedded stylesheet and script, under content-hashed (so immutable) names.
+async fn asset(Path(file): Path<String>, headers: HeaderMap) -> Result<Response, FeedError> {
+    let a = html::asset(&file).ok_or_else(|| not_found(format!("no asset {file:?}")))?;
+    let coding = negotiate::negotiate_coding(header_str(&headers, header::ACCEPT_ENCODING));
+    let rendered = Rendered {
+        etag: format!("\"{}.{}\"", a.hash, coding.etag_tag()).into(),
+        body: encode(a.body.as_bytes().to_vec(), coding).await,
+    };
+    let mut r = immutable(
+        &headers,
+        rendered,
+        coding,
+        IMMUTABLE,
+        file,
+        None,
+        a.media_type,
+    );
+    r.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    Ok(r)
+}
+
 async fn serve_head(
     s: FeedServer,
     headers: HeaderMap,
     suffix: Option<Format>,
 ) -> Result<Response, FeedError> {
     let w = want(&headers, suffix);
-    if w.format == Format::Html && w.explicit {
-        return Err(FeedError::NotAcceptable);
-    }
     let inm = header_str(&headers, header::IF_NONE_MATCH).map(str::to_owned);
     let wait = negotiate::prefer_wait(
         headers
@@ -414,7 +555,7 @@ async fn serve_head(
     // Subscribe before reading the head, so an append in between is not missed.
     let rx = wait.map(|_| s.inner.log.watch());
     let mut head = s.head_position().await?;
-    let mut etag = head_etag(&s, head, w.coding);
+    let mut etag = head_etag(&s, head, w);
     let mut applied = None;
     if let (Some(inm), Some(wait)) = (&inm, wait)
         && negotiate::if_none_match(inm, &etag)
@@ -423,9 +564,9 @@ async fn serve_head(
         drop(rx);
         head = s.inner.log.wait_for_append(head, wait).await?;
         s.inner.known_head.fetch_max(head, Ordering::Relaxed);
-        etag = head_etag(&s, head, w.coding);
+        etag = head_etag(&s, head, w);
     }
-    let location = format!("{}/feed{}", s.inner.base, Format::Atom.suffix());
+    let location = format!("{}/feed{}", s.inner.base, w.format.suffix());
     let mut common = vec![
         (header::ETAG, etag.clone()),
         (header::CACHE_CONTROL, HEAD_CACHE.to_owned()),
@@ -451,25 +592,39 @@ async fn serve_head(
         DateTime::<Utc>::UNIX_EPOCH
     };
     let nav = s.inner.layout.head_navigation(head);
-    let xml = s.render_page(Which::Log, &nav, &entries, Some(head), empty_updated);
+    let doc = match w.format {
+        Format::Atom => s.render_page(Which::Log, &nav, &entries, Some(head), empty_updated),
+        Format::Html => s.render_html_page(Which::Log, &nav, &entries, start, head, Some(&etag)),
+    };
     let links = s.links(&nav, |d| s.url(d)).to_header();
-    let body = encode(xml.into_bytes(), w.coding).await;
+    let body = encode(doc.into_bytes(), w.coding).await;
     Ok(document(
         body,
         w.coding,
         common,
         Some(links),
-        atom::FEED_MEDIA_TYPE,
+        w.feed_media_type(),
     ))
 }
 
-fn head_etag(s: &FeedServer, head: Position, coding: Coding) -> String {
+/// The head's ETag, from its last position without rendering anything.
+fn head_etag(s: &FeedServer, head: Position, w: Want) -> String {
     let start = s.inner.layout.head_start(head);
-    format!(
-        "\"h{head}-{start}.{}.v{RENDER_VERSION}.{}\"",
-        s.inner.base_tag,
-        coding.etag_tag()
-    )
+    let tag = format!("h{head}-{start}.{}", s.inner.base_tag);
+    variant_etag(&tag, w)
+}
+
+/// An ETag for `tag` in the representation `w`: strong and carrying the Atom writer's
+/// version for Atom, weak and carrying the template version for HTML.
+fn variant_etag(tag: &str, w: Want) -> String {
+    match w.format {
+        Format::Atom => format!("\"{tag}.v{RENDER_VERSION}.{}\"", w.coding.etag_tag()),
+        Format::Html => format!(
+            "W/\"{tag}.html.{}.{}\"",
+            html::version_tag(),
+            w.coding.etag_tag()
+        ),
+    }
 }
 
 async fn archive(
@@ -479,9 +634,6 @@ async fn archive(
 ) -> Result<Response, FeedError> {
     let (range_str, suffix) = split_suffix(&range);
     let w = want(&headers, suffix);
-    if w.format == Format::Html && w.explicit {
-        return Err(FeedError::NotAcceptable);
-    }
     let range: PageRange = range_str
         .parse()
         .map_err(|e: crate::page::RangeError| not_found(e.to_string()))?;
@@ -494,7 +646,7 @@ async fn archive(
             "{range} is not a sealed page of this feed"
         )));
     }
-    let key = DocKey::Page(range, w.coding);
+    let key = DocKey::Page(range, w.format, w.coding);
     let s2 = s.clone();
     let rendered = s
         .inner
@@ -502,31 +654,33 @@ async fn archive(
         .try_get_with(key, async move {
             let entries = s2.inner.log.read_range(range.from, range.to).await?;
             let nav = s2.inner.layout.page_navigation(range);
-            let xml = s2.render_page(
-                Which::Log,
-                &nav,
-                &entries,
-                None,
-                DateTime::<Utc>::UNIX_EPOCH,
-            );
-            Ok::<_, StoreError>(finish(xml, w.coding).await)
+            let doc = match w.format {
+                Format::Atom => s2.render_page(
+                    Which::Log,
+                    &nav,
+                    &entries,
+                    None,
+                    DateTime::<Utc>::UNIX_EPOCH,
+                ),
+                Format::Html => {
+                    s2.render_html_page(Which::Log, &nav, &entries, range.from, range.to, None)
+                }
+            };
+            Ok::<_, StoreError>(finish(doc, w).await)
         })
         .await
         .map_err(FeedError::Unavailable)?;
     let nav = s.inner.layout.page_navigation(range);
     let links = s.links(&nav, |d| s.url(d)).to_header();
-    let location = format!(
-        "{}/feed/archive/{range}{}",
-        s.inner.base,
-        Format::Atom.suffix()
-    );
+    let location = format!("{}/feed/archive/{range}{}", s.inner.base, w.format.suffix());
     Ok(immutable(
         &headers,
         rendered,
         w.coding,
+        immutable_cache(w),
         location,
         Some(links),
-        atom::FEED_MEDIA_TYPE,
+        w.feed_media_type(),
     ))
 }
 
@@ -537,9 +691,6 @@ async fn event(
 ) -> Result<Response, FeedError> {
     let (pos_str, suffix) = split_suffix(&pos);
     let w = want(&headers, suffix);
-    if w.format == Format::Html && w.explicit {
-        return Err(FeedError::NotAcceptable);
-    }
     let position = parse_position(pos_str)
         .filter(|p| *p > 0)
         .ok_or_else(|| not_found(format!("{pos_str:?} is not a position")))?;
@@ -547,49 +698,60 @@ async fn event(
     if position > head {
         return Err(not_found(format!("no event at position {position} yet")));
     }
+    let location = format!(
+        "{}/feed/events/{position}{}",
+        s.inner.base,
+        w.format.suffix()
+    );
+    if w.format == Format::Html {
+        // Not kept in the document cache: its "next event" link appears once the next
+        // event does, and HTML is only fresh for minutes anyway.
+        let event = s.read_event_below_head(position).await?;
+        let page = s.page_url_of(position, head);
+        let doc = html::render_event(&html::EventView {
+            service: &s.inner.name,
+            base: &s.inner.base,
+            event: &event,
+            page_url: &page,
+            has_next: position < head,
+        });
+        let rendered = finish(doc, w).await;
+        return Ok(immutable(
+            &headers,
+            rendered,
+            w.coding,
+            HTML_CACHE,
+            location,
+            None,
+            HTML_MEDIA_TYPE,
+        ));
+    }
     let s2 = s.clone();
     let rendered = s
         .inner
         .docs
         .try_get_with(DocKey::Event(position, w.coding), async move {
-            let event = s2
-                .inner
-                .log
-                .read_event(position)
-                .await?
-                .ok_or(StoreError::Corrupt {
-                    position: position as i64,
-                    reason: "missing below the head".into(),
-                })?;
-            let page = s2.inner.layout.page_of(position);
+            let event = s2.read_event_below_head(position).await?;
             let links = Links {
                 this: Some(format!("{}/feed/events/{position}", s2.inner.base)),
                 current: Some(s2.url(Doc::Head)),
                 related: Some(s2.stream_url(&event.stream, Doc::Head)),
-                up: Some(if page.to <= head {
-                    s2.url(Doc::Page(page))
-                } else {
-                    s2.url(Doc::Head)
-                }),
+                up: Some(s2.page_url_of(position, head)),
                 ..Links::default()
             };
             let xml = atom::render_entry(&event, &s2.inner.name, &s2.inner.base, &links);
-            Ok::<_, StoreError>(finish(xml, w.coding).await)
+            Ok::<_, StoreError>(finish(xml, w).await)
         })
         .await
         .map_err(FeedError::Unavailable)?;
-    let location = format!(
-        "{}/feed/events/{position}{}",
-        s.inner.base,
-        Format::Atom.suffix()
-    );
     Ok(immutable(
         &headers,
         rendered,
         w.coding,
+        IMMUTABLE,
         location,
         None,
-        "application/atom+xml;type=entry",
+        ENTRY_MEDIA_TYPE,
     ))
 }
 
@@ -600,22 +762,14 @@ async fn stream_head(
 ) -> Result<Response, FeedError> {
     let (name, suffix) = split_suffix(&stream);
     let w = want(&headers, suffix);
-    if w.format == Format::Html && w.explicit {
-        return Err(FeedError::NotAcceptable);
-    }
     let stream = StreamId::parse(name).map_err(|e| not_found(e.to_string()))?;
     let version = s.inner.log.stream_version(&stream).await?;
     if version == 0 {
         return Err(not_found(format!("no stream {stream}")));
     }
     let layout = &s.inner.stream_layout;
-    let etag = format!(
-        "\"s{version}.{}.{}.v{RENDER_VERSION}.{}\"",
-        stream,
-        s.inner.base_tag,
-        w.coding.etag_tag()
-    );
-    let location = format!("{}/streams/{stream}{}", s.inner.base, Format::Atom.suffix());
+    let etag = variant_etag(&format!("s{version}.{stream}.{}", s.inner.base_tag), w);
+    let location = format!("{}/streams/{stream}{}", s.inner.base, w.format.suffix());
     let common = vec![
         (header::ETAG, etag.clone()),
         (header::CACHE_CONTROL, HEAD_CACHE.to_owned()),
@@ -630,21 +784,26 @@ async fn stream_head(
     let start = layout.head_start(version);
     let entries = s.inner.log.read_stream(&stream, start, version).await?;
     let nav = layout.head_navigation(version);
-    let xml = s.render_page(
-        Which::Stream(&stream),
-        &nav,
-        &entries,
-        None,
-        DateTime::<Utc>::UNIX_EPOCH,
-    );
+    let doc = match w.format {
+        Format::Atom => s.render_page(
+            Which::Stream(&stream),
+            &nav,
+            &entries,
+            None,
+            DateTime::<Utc>::UNIX_EPOCH,
+        ),
+        Format::Html => {
+            s.render_html_page(Which::Stream(&stream), &nav, &entries, start, version, None)
+        }
+    };
     let links = s.links(&nav, |d| s.stream_url(&stream, d)).to_header();
-    let body = encode(xml.into_bytes(), w.coding).await;
+    let body = encode(doc.into_bytes(), w.coding).await;
     Ok(document(
         body,
         w.coding,
         common,
         Some(links),
-        atom::FEED_MEDIA_TYPE,
+        w.feed_media_type(),
     ))
 }
 
@@ -655,9 +814,6 @@ async fn stream_archive(
 ) -> Result<Response, FeedError> {
     let (range_str, suffix) = split_suffix(&range);
     let w = want(&headers, suffix);
-    if w.format == Format::Html && w.explicit {
-        return Err(FeedError::NotAcceptable);
-    }
     let stream = StreamId::parse(stream).map_err(|e| not_found(e.to_string()))?;
     let range: PageRange = range_str
         .parse()
@@ -678,18 +834,28 @@ async fn stream_archive(
         .inner
         .docs
         .try_get_with(
-            DocKey::StreamPage(stream.clone(), range, w.coding),
+            DocKey::StreamPage(stream.clone(), range, w.format, w.coding),
             async move {
                 let entries = s2.inner.log.read_stream(&st, range.from, range.to).await?;
                 let nav = layout.page_navigation(range);
-                let xml = s2.render_page(
-                    Which::Stream(&st),
-                    &nav,
-                    &entries,
-                    None,
-                    DateTime::<Utc>::UNIX_EPOCH,
-                );
-                Ok::<_, StoreError>(finish(xml, w.coding).await)
+                let doc = match w.format {
+                    Format::Atom => s2.render_page(
+                        Which::Stream(&st),
+                        &nav,
+                        &entries,
+                        None,
+                        DateTime::<Utc>::UNIX_EPOCH,
+                    ),
+                    Format::Html => s2.render_html_page(
+                        Which::Stream(&st),
+                        &nav,
+                        &entries,
+                        range.from,
+                        range.to,
+                        None,
+                    ),
+                };
+                Ok::<_, StoreError>(finish(doc, w).await)
             },
         )
         .await
@@ -699,23 +865,42 @@ async fn stream_archive(
     let location = format!(
         "{}/streams/{stream}/archive/{range}{}",
         s.inner.base,
-        Format::Atom.suffix()
+        w.format.suffix()
     );
     Ok(immutable(
         &headers,
         rendered,
         w.coding,
+        immutable_cache(w),
         location,
         Some(links),
-        atom::FEED_MEDIA_TYPE,
+        w.feed_media_type(),
     ))
 }
 
-/// Compresses a rendered immutable document and derives its ETag from the bytes.
-async fn finish(xml: String, coding: Coding) -> Rendered {
-    let digest = Sha256::digest(xml.as_bytes());
-    let etag: Arc<str> = format!("\"{}.{}\"", hex(&digest[..12]), coding.etag_tag()).into();
-    let body = encode(xml.into_bytes(), coding).await;
+/// `Cache-Control` of a sealed document in the requested format.
+fn immutable_cache(w: Want) -> &'static str {
+    match w.format {
+        Format::Atom => IMMUTABLE,
+        Format::Html => HTML_CACHE,
+    }
+}
+
+/// Compresses a rendered immutable document and derives its ETag from the bytes
+/// (weak, with the template version, for HTML).
+async fn finish(doc: String, w: Want) -> Rendered {
+    let digest = Sha256::digest(doc.as_bytes());
+    let etag: Arc<str> = match w.format {
+        Format::Atom => format!("\"{}.{}\"", hex(&digest[..12]), w.coding.etag_tag()),
+        Format::Html => format!(
+            "W/\"{}.{}.{}\"",
+            hex(&digest[..12]),
+            html::version_tag(),
+            w.coding.etag_tag()
+        ),
+    }
+    .into();
+    let body = encode(doc.into_bytes(), w.coding).await;
     Rendered { body, etag }
 }
 
@@ -723,13 +908,14 @@ fn immutable(
     headers: &HeaderMap,
     r: Rendered,
     coding: Coding,
+    cache_control: &'static str,
     location: String,
     links: Option<String>,
     media_type: &'static str,
 ) -> Response {
     let common = vec![
         (header::ETAG, r.etag.to_string()),
-        (header::CACHE_CONTROL, IMMUTABLE.to_owned()),
+        (header::CACHE_CONTROL, cache_control.to_owned()),
         (header::VARY, VARY.to_owned()),
         (header::CONTENT_LOCATION, location),
     ];

@@ -174,6 +174,7 @@ pub struct Status {
     checkpoint: AtomicU64,
     head: AtomicU64,
     requests: AtomicU64,
+    caught_up: std::sync::atomic::AtomicBool,
     last_error: std::sync::Mutex<Option<String>>,
 }
 
@@ -189,6 +190,10 @@ impl Status {
     /// How far behind the subscriber is.
     pub fn lag(&self) -> u64 {
         self.head().saturating_sub(self.checkpoint())
+    }
+    /// Whether the last step found nothing new at the producer's head.
+    pub fn caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Relaxed)
     }
     /// HTTP requests made so far.
     pub fn requests(&self) -> u64 {
@@ -380,6 +385,10 @@ impl<H: Handler> Subscriber<H> {
     /// One step: reads one document and applies what is new on it.
     pub async fn poll_once(&mut self) -> Result<Progress, SubscribeError> {
         let result = self.step().await;
+        self.status.caught_up.store(
+            matches!(result, Ok(Progress::CaughtUp { .. })),
+            Ordering::Relaxed,
+        );
         match &result {
             Ok(_) => self.status.set_error(None),
             Err(e) => {
@@ -434,7 +443,13 @@ impl<H: Handler> Subscriber<H> {
     }
 
     async fn locate(&mut self, cp: &Checkpoint) -> Result<Fetched, SubscribeError> {
-        if let Some(url) = &cp.page_url {
+        // A page saved under another origin (the producer or gateway moved) is not
+        // trusted: the way is found again from the configured head.
+        let saved = cp
+            .page_url
+            .as_ref()
+            .filter(|u| origin(u) == origin(&self.config.feed_url));
+        if let Some(url) = saved {
             let f = self.fetch_doc(url).await?;
             if f.doc.archive
                 && let Some(d) = &cp.page_digest
@@ -625,6 +640,9 @@ impl<H: Handler> Subscriber<H> {
             url: url.to_owned(),
             reason: e.0,
         })?;
+        if let Some(head) = doc.head_position {
+            self.status.head.fetch_max(head, Ordering::Relaxed);
+        }
         if doc.archive {
             match self.seen.get(url) {
                 Some(d) if *d != digest => {
@@ -658,6 +676,15 @@ pub async fn reset_checkpoint(tx: &mut AnyConnection, name: &str) -> Result<(), 
         .execute(tx)
         .await?;
     Ok(())
+}
+
+/// `scheme://host:port` of a URL (the text before the path).
+fn origin(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let end = url[after_scheme..]
+        .find('/')
+        .map_or(url.len(), |i| after_scheme + i);
+    &url[..end]
 }
 
 fn hex(bytes: &[u8]) -> String {

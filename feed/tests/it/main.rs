@@ -4,6 +4,7 @@
 mod atom_conformance;
 mod feedctl;
 mod helpers;
+mod html;
 mod server;
 mod store;
 mod subscriber;

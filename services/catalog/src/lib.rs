@@ -1,1 +1,71 @@
-//! The catalog service (being written).
+//! The catalog service: it owns the products (name, description, pictures, weight,
+//! size) and publishes every change to them as `ProductAdded`, `ProductUpdated` or
+//! `ProductDeleted` on its feed, appended in the same transaction as the change. It
+//! follows no other feed. Each product's events form the stream `product-<id>`, and
+//! the stream's version is the product's version: `GET` answers it as the ETag, and a
+//! `PUT`/`DELETE` with `If-Match` that names another version is a 409.
+//!
+//! Layout:
+//! - `products`: the product resource: validation, storage, events and routes.
+//! - [`run`]: opens the database, serves the routes plus the feed until shutdown.
+
+use feed::db::MigrationSet;
+use kit::Service;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+mod products;
+
+/// The service's name: its database file, its feed's author and its index.
+pub const NAME: &str = "catalog";
+
+/// How the catalog is configured (flags and environment).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "catalog",
+    version,
+    about = "The catalog service: products, published as an Atom feed."
+)]
+pub struct Config {
+    /// The flags every service takes.
+    #[command(flatten)]
+    pub args: kit::ServiceArgs,
+}
+
+impl Config {
+    /// A config with SQLite under `data_dir` and everything else defaulted.
+    pub fn new(data_dir: impl Into<std::path::PathBuf>) -> Self {
+        Self {
+            args: kit::ServiceArgs::new(data_dir),
+        }
+    }
+}
+
+pub(crate) const MIGRATIONS: MigrationSet = MigrationSet {
+    owner: "catalog",
+    sqlite: &[(
+        1,
+        "products",
+        include_str!("../../../migrations/catalog/sqlite/0001_init.sql"),
+    )],
+    postgres: &[(
+        1,
+        "products",
+        include_str!("../../../migrations/catalog/postgres/0001_init.sql"),
+    )],
+};
+
+/// Serves the catalog on `listener` until `shutdown` is cancelled. The public base URL
+/// is `config.args.base_url`, or `http://<listener address>`.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let base_url = config.args.public_base_url(&listener)?;
+    let service = Service::open(NAME, &config.args, &MIGRATIONS, &base_url).await?;
+    tracing::info!(%base_url, "catalog listening");
+    let app = service.app(products::router(service.clone()));
+    kit::serve(listener, app, shutdown.cancelled_owned()).await?;
+    Ok(())
+}

@@ -40,6 +40,14 @@ impl ServiceArgs {
         }
     }
 
+    /// The public base URL: `--base-url`, or the address `listener` is bound to.
+    pub fn public_base_url(&self, listener: &tokio::net::TcpListener) -> std::io::Result<String> {
+        match &self.base_url {
+            Some(url) => Ok(url.trim_end_matches('/').to_owned()),
+            None => Ok(format!("http://{}", listener.local_addr()?)),
+        }
+    }
+
     /// The database URL for service `name`.
     pub fn database_url_for(&self, name: &str) -> String {
         self.database_url.clone().unwrap_or_else(|| {

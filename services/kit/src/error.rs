@@ -162,17 +162,15 @@ where
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(Self(v)),
             Err(JsonRejection::JsonDataError(e)) => {
-                // serde's message names the field path, e.g. "lines[0].quantity: invalid type".
+                // serde's message names the field path after axum's prefix, e.g.
+                // "...target type: lines[0].quantity: invalid type: string".
                 let detail = e.body_text();
-                let field = detail
+                let inner = detail
+                    .strip_prefix("Failed to deserialize the JSON body into the target type: ")
+                    .unwrap_or(&detail);
+                let field = inner
                     .split_once(": ")
-                    .map(|(f, _)| {
-                        f.trim_start_matches(
-                            "Failed to deserialize the JSON body into the target type",
-                        )
-                        .trim()
-                        .to_owned()
-                    })
+                    .map(|(f, _)| f.trim().to_owned())
                     .filter(|f| !f.is_empty() && !f.contains(' '))
                     .unwrap_or_else(|| "body".to_owned());
                 Err(ApiError::Invalid { field, detail })

@@ -10,14 +10,17 @@
 //! - `error`: [`ApiError`] and the JSON body extractor [`ApiJson`].
 //! - `auth`: the bearer-token check for commands.
 //! - `service`: [`Service`], [`Subscriptions`], the index page and `serve`.
+//! - `replay`: [`replay`], catching up with a feed with a progress bar (rebuilds).
 
 mod auth;
 mod config;
 mod error;
+mod replay;
 mod service;
 
 pub use config::ServiceArgs;
 pub use error::{ApiError, ApiJson};
+pub use replay::replay;
 pub use service::{
     MAX_BODY_BYTES, Service, Subscriptions, init_tracing, rebuild, serve, shutdown_signal,
 };

@@ -67,6 +67,31 @@ impl Service {
         })
     }
 
+    /// Serves [`Service::app`]`(routes)` on `listener` until `stop` is cancelled, then
+    /// cancels `stop` (so the subscriptions started with its child futures end), waits
+    /// for the `tasks` and closes the database. The first failure (the server's, or a
+    /// subscription's fatal feed error) is returned.
+    pub async fn serve_until(
+        self,
+        listener: TcpListener,
+        routes: Router,
+        mut tasks: JoinSet<anyhow::Result<()>>,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<()> {
+        let app = self.app(routes);
+        let served = serve(listener, app, stop.clone().cancelled_owned()).await;
+        stop.cancel();
+        let mut failure = served.err().map(anyhow::Error::from);
+        while let Some(done) = tasks.join_next().await {
+            if let Err(e) = done.map_err(anyhow::Error::from).and_then(|r| r) {
+                tracing::error!(service = self.name, error = %format!("{e:#}"), "subscription failed");
+                failure.get_or_insert(e);
+            }
+        }
+        self.db.close().await;
+        failure.map_or(Ok(()), Err)
+    }
+
     /// The service's whole HTTP app: its own `routes` (commands need the token), the
     /// feed routes, the index at `/`, a body limit and request tracing.
     pub fn app(&self, routes: Router) -> Router {
@@ -82,7 +107,24 @@ impl Service {
             .layer(tower_http::limit::RequestBodyLimitLayer::new(
                 MAX_BODY_BYTES,
             ))
+            .layer(axum::middleware::map_response(too_large_as_problem))
             .layer(tower_http::trace::TraceLayer::new_for_http())
+    }
+}
+
+/// The body limit answers a request whose Content-Length is over the limit with a
+/// plain-text 413 before any extractor runs; commands promise problem+json, so such a
+/// response is replaced by [`ApiError::TooLarge`](crate::ApiError::TooLarge).
+async fn too_large_as_problem(r: axum::response::Response) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let is_problem = r
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if r.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE && !is_problem {
+        crate::ApiError::TooLarge.into_response()
+    } else {
+        r
     }
 }
 
@@ -128,22 +170,56 @@ impl Subscriptions {
     }
 }
 
-async fn index(State(s): State<Service>) -> axum::response::Response {
+/// The service's home: what it publishes and what it follows, as HTML for a browser
+/// (`Accept` negotiated as for the feeds) and JSON otherwise.
+async fn index(
+    State(s): State<Service>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    use axum::http::header;
     use axum::response::IntoResponse;
+    use feed::negotiate::{Format, negotiate_format};
     let head = s.log.head().await.unwrap_or(0);
     let base = s.feed.base_url();
-    let follows: Vec<_> = s
-        .subscriptions
-        .snapshot()
+    let snapshot = s.subscriptions.snapshot();
+    let caught_up: Vec<bool> = snapshot.iter().map(|i| i.status.caught_up()).collect();
+    let follows: Vec<feed::html::Following> = snapshot
         .into_iter()
-        .map(|i| {
+        .map(|i| feed::html::Following {
+            name: i.name,
+            feed_url: i.feed_url,
+            checkpoint: i.status.checkpoint(),
+            head: i.status.head(),
+            lag: i.status.lag(),
+            last_error: i.status.last_error(),
+        })
+        .collect();
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let common = [
+        (header::CACHE_CONTROL, "max-age=1"),
+        (header::VARY, "Accept, Accept-Encoding"),
+    ];
+    if negotiate_format(accept) == Format::Html {
+        let page = feed::html::service_index(&feed::html::ServiceIndex {
+            name: s.name.to_owned(),
+            base_url: base.to_owned(),
+            head_position: head,
+            follows,
+        });
+        return (common, axum::response::Html(page)).into_response();
+    }
+    let follows: Vec<_> = follows
+        .into_iter()
+        .zip(caught_up)
+        .map(|(f, caught_up)| {
             serde_json::json!({
-                "subscription": i.name,
-                "feed": i.feed_url,
-                "checkpoint": i.status.checkpoint(),
-                "head": i.status.head(),
-                "lag": i.status.lag(),
-                "error": i.status.last_error(),
+                "caught_up": caught_up,
+                "subscription": f.name,
+                "feed": f.feed_url,
+                "checkpoint": f.checkpoint,
+                "head": f.head,
+                "lag": f.lag,
+                "error": f.last_error,
             })
         })
         .collect();
@@ -152,11 +228,7 @@ async fn index(State(s): State<Service>) -> axum::response::Response {
         "publishes": { "feed": format!("{base}/feed"), "head_position": head },
         "follows": follows,
     });
-    (
-        [(axum::http::header::CACHE_CONTROL, "max-age=1")],
-        axum::Json(body),
-    )
-        .into_response()
+    (common, axum::Json(body)).into_response()
 }
 
 /// Serves `app` on `listener` until `shutdown`.

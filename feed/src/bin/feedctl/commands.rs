@@ -22,7 +22,7 @@ pub(crate) struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Public base URL used in every link. Default: http://<listen>.
+    /// Public base URL used in every link. Default: `http://<listen>`.
     #[arg(long, env = "BASE_URL")]
     base_url: Option<String>,
     /// Entries per sealed page (applies from the first unsealed page on).

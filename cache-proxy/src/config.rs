@@ -1,0 +1,277 @@
+//! Configuration: one clap struct, every field a flag and an environment variable.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use url::Url;
+
+/// Settings of the gateway. The binary parses them from flags and environment;
+/// an embedding program builds one with [`Config::new`] or flattens it into its
+/// own clap struct.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "cache-proxy",
+    version,
+    about = "A caching reverse proxy for Atom feeds (RFC 9111)."
+)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "CACHE_PROXY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// A route `PREFIX=UPSTREAM`, e.g. `/catalog=http://127.0.0.1:8081`; repeat it,
+    /// or separate routes with commas in the environment variable. The longest
+    /// matching prefix wins; the rest of the path and the query are forwarded.
+    #[arg(
+        long = "route",
+        env = "CACHE_PROXY_ROUTES",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub routes: Vec<Route>,
+
+    /// Cache capacity in bytes (bodies plus headers), e.g. `256MiB`.
+    #[arg(long, env = "CACHE_PROXY_CAPACITY", default_value = "256MiB")]
+    pub capacity: ByteSize,
+
+    /// Largest response body that is stored; larger ones are streamed through.
+    #[arg(long, env = "CACHE_PROXY_MAX_OBJECT_SIZE", default_value = "16MiB")]
+    pub max_object_size: ByteSize,
+
+    /// How long to wait for a TCP connection to an upstream, e.g. `2s`.
+    #[arg(long, env = "CACHE_PROXY_CONNECT_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// How long an upstream may take to answer (whole response for cache fills,
+    /// response head for streamed responses); a timeout is a 504.
+    #[arg(long, env = "CACHE_PROXY_UPSTREAM_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub upstream_timeout: Duration,
+
+    /// Extra time given to a long poll (`Prefer: wait=N`) on top of N.
+    #[arg(long, env = "CACHE_PROXY_LONG_POLL_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub long_poll_grace: Duration,
+
+    /// Largest `wait` honoured for a long poll; longer waits are cut to this.
+    #[arg(long, env = "CACHE_PROXY_MAX_LONG_POLL", default_value = "60s", value_parser = parse_duration)]
+    pub max_long_poll: Duration,
+
+    /// How long an expired entry with an ETag is kept for a cheap If-None-Match
+    /// revalidation (Varnish's "keep").
+    #[arg(long, env = "CACHE_PROXY_KEEP", default_value = "10m", value_parser = parse_duration)]
+    pub keep: Duration,
+
+    /// Longest request target (path and query) accepted; longer ones get 414.
+    #[arg(long, env = "CACHE_PROXY_MAX_URI_BYTES", default_value = "8KiB")]
+    pub max_uri_bytes: ByteSize,
+
+    /// Largest total size of request header fields; larger requests get 431.
+    #[arg(long, env = "CACHE_PROXY_MAX_HEADER_BYTES", default_value = "32KiB")]
+    pub max_header_bytes: ByteSize,
+
+    /// Largest request body passed through (POST, PUT, ...); larger ones get 413.
+    #[arg(long, env = "CACHE_PROXY_MAX_BODY_SIZE", default_value = "16MiB")]
+    pub max_body_size: ByteSize,
+}
+
+impl Config {
+    /// The defaults of the command line, with the given routes.
+    pub fn new(routes: Vec<Route>) -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            routes,
+            capacity: ByteSize(256 << 20),
+            max_object_size: ByteSize(16 << 20),
+            connect_timeout: Duration::from_secs(2),
+            upstream_timeout: Duration::from_secs(15),
+            long_poll_grace: Duration::from_secs(5),
+            max_long_poll: Duration::from_secs(60),
+            keep: Duration::from_secs(600),
+            max_uri_bytes: ByteSize(8 << 10),
+            max_header_bytes: ByteSize(32 << 10),
+            max_body_size: ByteSize(16 << 20),
+        }
+    }
+}
+
+/// One route: requests whose path starts with `prefix` (at a segment boundary)
+/// go to `upstream`, with the prefix removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Path prefix, `/` or `/name` without a trailing slash.
+    pub prefix: String,
+    /// Base URL of the upstream; the rest of the path is appended to its path.
+    pub upstream: Url,
+}
+
+/// A `--route` argument that is not `PREFIX=http(s)://...`.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// The argument lacks the `=` between prefix and upstream.
+    #[error("a route is PREFIX=UPSTREAM, e.g. /catalog=http://127.0.0.1:8081; got {0:?}")]
+    Syntax(String),
+    /// The prefix does not start with `/` or contains `?`, `#` or `..`.
+    #[error("route prefix {0:?} must start with / and hold no query, fragment or dot segment")]
+    Prefix(String),
+    /// The upstream is not an absolute http or https URL without query.
+    #[error("route upstream {0:?} must be an http:// or https:// URL without query or fragment")]
+    Upstream(String),
+}
+
+impl Route {
+    /// Builds a route from a prefix and an upstream base URL.
+    pub fn new(prefix: &str, upstream: &str) -> Result<Route, RouteError> {
+        let trimmed = prefix.trim_end_matches('/');
+        let prefix_ok = prefix.starts_with('/')
+            && !prefix.contains(['?', '#'])
+            && !prefix.split('/').any(|s| s == ".." || s == ".");
+        if !prefix_ok {
+            return Err(RouteError::Prefix(prefix.to_owned()));
+        }
+        let url = Url::parse(upstream).map_err(|_| RouteError::Upstream(upstream.to_owned()))?;
+        if !matches!(url.scheme(), "http" | "https")
+            || url.host().is_none()
+            || url.query().is_some()
+            || url.fragment().is_some()
+        {
+            return Err(RouteError::Upstream(upstream.to_owned()));
+        }
+        let prefix = if trimmed.is_empty() {
+            "/".to_owned()
+        } else {
+            trimmed.to_owned()
+        };
+        Ok(Route {
+            prefix,
+            upstream: url,
+        })
+    }
+
+    /// The part of `path` after this route's prefix (`Some("")` for an exact
+    /// match), or `None` if the route does not match at a segment boundary.
+    pub(crate) fn strip<'a>(&self, path: &'a str) -> Option<&'a str> {
+        if self.prefix == "/" {
+            return Some(path);
+        }
+        let rest = path.strip_prefix(self.prefix.as_str())?;
+        (rest.is_empty() || rest.starts_with('/')).then_some(rest)
+    }
+}
+
+impl FromStr for Route {
+    type Err = RouteError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (prefix, upstream) = s
+            .split_once('=')
+            .ok_or_else(|| RouteError::Syntax(s.to_owned()))?;
+        Route::new(prefix.trim(), upstream.trim())
+    }
+}
+
+/// A size in bytes, parsed from `1048576`, `512KiB`, `256MiB`, `1GiB` (also `k`,
+/// `KB`, `m`, `MB`, ...: all units are binary, 1 KB = 1024 bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (digits, unit) = s.split_at(split);
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("{s:?} is not a size like 256MiB"))?;
+        let shift = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 0,
+            "k" | "kb" | "kib" => 10,
+            "m" | "mb" | "mib" => 20,
+            "g" | "gb" | "gib" => 30,
+            other => return Err(format!("unknown size unit {other:?} in {s:?}")),
+        };
+        n.checked_mul(1 << shift)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{s:?} is too large"))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}B", self.0)
+    }
+}
+
+/// Parses `250ms`, `5s`, `2m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 5s"))?;
+    Ok(match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        other => return Err(format!("unknown duration unit {other:?} in {s:?}")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn routes_parse_and_match_at_segment_boundaries() {
+        let r: Route = "/catalog=http://127.0.0.1:8081"
+            .parse()
+            .expect("valid route");
+        assert_eq!(r.strip("/catalog"), Some(""));
+        assert_eq!(r.strip("/catalog/feed"), Some("/feed"));
+        assert_eq!(r.strip("/catalogue"), None);
+        let root: Route = "/=http://127.0.0.1:1".parse().expect("valid route");
+        assert_eq!(root.strip("/x"), Some("/x"));
+        for bad in [
+            "catalog=http://x",
+            "/a",
+            "/a=ftp://x",
+            "/a=http://x/?q",
+            "/../a=http://x",
+        ] {
+            assert!(bad.parse::<Route>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes_and_durations_parse_with_units() {
+        assert_eq!("256MiB".parse::<ByteSize>(), Ok(ByteSize(256 << 20)));
+        assert_eq!("64m".parse::<ByteSize>(), Ok(ByteSize(64 << 20)));
+        assert_eq!("1024".parse::<ByteSize>(), Ok(ByteSize(1024)));
+        assert!("12 parsecs".parse::<ByteSize>().is_err());
+        assert!("99999999999GiB".parse::<ByteSize>().is_err());
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn the_command_line_accepts_repeated_routes() {
+        let c = Config::try_parse_from([
+            "cache-proxy",
+            "--route",
+            "/catalog=http://127.0.0.1:8081",
+            "--route",
+            "/sales=http://127.0.0.1:8082",
+            "--capacity",
+            "64MiB",
+        ])
+        .expect("valid command line");
+        assert_eq!(c.routes.len(), 2);
+        assert_eq!(c.capacity, ByteSize(64 << 20));
+    }
+}

@@ -1,0 +1,50 @@
+//! `billing`: serve the billing service, or replay sales' feed.
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "billing",
+    version,
+    about = "The billing service: customer accounts and charges, published as an Atom feed."
+)]
+struct Cli {
+    #[command(flatten)]
+    config: billing::Config,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the API and the feed, and bill sales' orders (the default).
+    Serve,
+    /// Forget the checkpoint on sales' feed and replay it from position 1 until caught
+    /// up (orders already decided stay decided), then exit. Stop the service first.
+    Rebuild,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    kit::init_tracing();
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let listener = tokio::net::TcpListener::bind(cli.config.args.listen).await?;
+            eprintln!("billing listening on http://{}", listener.local_addr()?);
+            let shutdown = CancellationToken::new();
+            let on_signal = shutdown.clone();
+            tokio::spawn(async move {
+                kit::shutdown_signal().await;
+                on_signal.cancel();
+            });
+            billing::run(cli.config, listener, shutdown).await
+        }
+        Command::Rebuild => {
+            let position = billing::rebuild(&cli.config).await?;
+            eprintln!("billing: replayed up to position {position}");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! `fulfilment`: the order fulfilment process manager, alone.
+
+use clap::{Parser, Subcommand};
+use fulfilment::Config;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fulfilment",
+    version,
+    about = "The order fulfilment process manager: follows sales and billing, publishes OrderReadyForShipping / OrderFulfilmentCancelled."
+)]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the API and the feed, following sales and billing (the default).
+    Serve,
+    /// Forget the process state and checkpoints, replay sales and billing until caught up, exit.
+    Rebuild,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    kit::init_tracing();
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let listener = tokio::net::TcpListener::bind(cli.config.args.listen).await?;
+            tracing::info!(address = %listener.local_addr()?, "fulfilment listening");
+            let shutdown = CancellationToken::new();
+            let on_signal = shutdown.clone();
+            tokio::spawn(async move {
+                kit::shutdown_signal().await;
+                on_signal.cancel();
+            });
+            fulfilment::run(cli.config, listener, shutdown).await
+        }
+        Command::Rebuild => fulfilment::rebuild(cli.config).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

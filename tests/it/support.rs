@@ -1,0 +1,258 @@
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+/// The whole system running in this process on a port-0 gateway.
+pub(crate) struct System {
+    pub(crate) url: String,
+    pub(crate) client: reqwest::Client,
+    token: Option<String>,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl System {
+    pub(crate) async fn start(config: retail::Config) -> Self {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let token = config.api_token.clone();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(retail::run(config, listener, shutdown.clone()));
+        feed::install_crypto();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client");
+        let system = Self {
+            url,
+            client,
+            token,
+            shutdown,
+            task: Some(task),
+        };
+        system.wait_ready().await;
+        system
+    }
+
+    /// A system started elsewhere (another process) at `url`.
+    pub(crate) async fn attach(url: String) -> Self {
+        feed::install_crypto();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client");
+        let system = Self {
+            url,
+            client,
+            token: None,
+            shutdown: CancellationToken::new(),
+            task: None,
+        };
+        system.wait_ready().await;
+        system
+    }
+
+    /// Waits until every service answers through the gateway.
+    pub(crate) async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        for s in retail::SERVICES {
+            loop {
+                let ok = self
+                    .client
+                    .get(format!("{}/{s}/feed", self.url))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if ok {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{s} did not come up"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    pub(crate) async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+        }
+    }
+
+    /// Sends a command with the configured token.
+    pub(crate) async fn command(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> (u16, Value) {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.url))
+            .json(&body);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("command");
+        let status = resp.status().as_u16();
+        let body = resp.json().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    pub(crate) async fn get_json(&self, path: &str) -> (u16, Value) {
+        let resp = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .expect("get");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// All events of a service's feed, oldest first (through the gateway).
+    pub(crate) async fn events(&self, service: &str) -> Vec<feed::Event> {
+        let mut url = format!("{}/{service}/feed", self.url);
+        let head = self.atom(&url).await;
+        if let Some(first) = head.links.first.clone()
+            && Some(&first) != head.links.this.as_ref()
+        {
+            url = first;
+        }
+        let mut out = Vec::new();
+        loop {
+            let doc = self.atom(&url).await;
+            out.extend(doc.entries);
+            match doc.links.next_archive {
+                Some(next) if doc.archive => url = next,
+                _ => return out,
+            }
+        }
+    }
+
+    async fn atom(&self, url: &str) -> feed::atom::ParsedFeed {
+        let text = self
+            .client
+            .get(url)
+            .header("accept", "application/atom+xml")
+            .send()
+            .await
+            .expect("feed")
+            .text()
+            .await
+            .expect("body");
+        feed::atom::parse_feed(&text).unwrap_or_else(|e| panic!("{url}: {e}"))
+    }
+
+    pub(crate) async fn head_position(&self, service: &str) -> u64 {
+        let (_, index) = self.get_json(&format!("/{service}/")).await;
+        index["publishes"]["head_position"].as_u64().unwrap_or(0)
+    }
+
+    /// Polls a GET until `ok` accepts its JSON (or panics after 30 s).
+    pub(crate) async fn wait_for(&self, path: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = self.get_json(path).await;
+            if status == 200 && ok(&body) {
+                return body;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gave up waiting for {path}: {status} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until a service's feed holds an event of `event_type` for `order_id`.
+    pub(crate) async fn wait_for_event(
+        &self,
+        service: &str,
+        event_type: &str,
+        order_id: &str,
+    ) -> feed::Event {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(e) = self
+                .events(service)
+                .await
+                .into_iter()
+                .find(|e| e.event_type.as_str() == event_type && e.data["order_id"] == order_id)
+            {
+                return e;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {event_type} for order {order_id} in {service}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Adds a product and prices it; returns its id.
+    pub(crate) async fn product(&self, name: &str, weight: u64, price: u64) -> String {
+        let (status, body) = self
+            .command(
+                reqwest::Method::POST,
+                "/catalog/products",
+                json!({"name": name, "description": "test", "pictures": [], "weight_grams": weight, "size_mm": {"l": 10, "w": 10, "h": 10}}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let id = body["id"]
+            .as_str()
+            .or_else(|| body["product_id"].as_str())
+            .expect("product id")
+            .to_owned();
+        // Sales learns about products from the catalog feed: wait until it can price it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = self
+                .command(
+                    reqwest::Method::PUT,
+                    &format!("/sales/prices/{id}"),
+                    json!({"unit_price_cents": price, "currency": "EUR"}),
+                )
+                .await;
+            if status == 200 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "sales never learned of {id}: {status} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        id
+    }
+
+    pub(crate) async fn order(&self, customer: &str, lines: &[(&str, u64)]) -> String {
+        let lines: Vec<Value> = lines
+            .iter()
+            .map(|(p, q)| json!({"product_id": p, "quantity": q}))
+            .collect();
+        let (status, body) = self
+            .command(reqwest::Method::POST, "/sales/orders", json!({"customer_id": customer, "email": format!("{customer}@example.com"), "lines": lines}))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["order_id"]
+            .as_str()
+            .or_else(|| body["id"].as_str())
+            .expect("order id")
+            .to_owned()
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
