@@ -160,6 +160,10 @@ pub async fn run(
     }
     let mut proxy_config = cache_proxy::Config::new(routes);
     proxy_config.capacity = config.cache_capacity;
+    // The services refuse bigger commands anyway; refusing them at the gateway answers
+    // the client with problem+json before any byte goes upstream, instead of racing a
+    // service that closes the connection on an early 413.
+    proxy_config.max_body_size = cache_proxy::ByteSize(kit::MAX_BODY_BYTES as u64);
     let proxy = cache_proxy::Proxy::new(proxy_config)?;
     let services: Vec<(String, String)> = SERVICES
         .iter()
