@@ -142,13 +142,11 @@ async fn replay_over_http(src: &EventLog, page_size: u64, dir: &std::path::Path)
     let task = tokio::spawn(async move {
         let _ = feed::server::serve(listener, server.router(), std::future::pending()).await;
     });
-    let mirror = EventLog::connect(
-        &dir.join(format!("mirror-{page_size}.db"))
-            .display()
-            .to_string(),
-    )
-    .await
-    .expect("mirror");
+    // Each replay into a fresh folder of its own.
+    let mirror_dir = tempfile::tempdir_in(dir).expect("tmp");
+    let mirror = EventLog::connect(&mirror_dir.path().join("mirror.db").display().to_string())
+        .await
+        .expect("mirror");
     let mut sub = Subscriber::new(
         SubscriberConfig::new("bench", format!("{base}/feed")),
         mirror.database().clone(),
