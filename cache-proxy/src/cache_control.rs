@@ -30,6 +30,8 @@ pub(crate) struct CacheControl {
     pub(crate) must_revalidate: bool,
     pub(crate) proxy_revalidate: bool,
     pub(crate) immutable: bool,
+    /// Request `only-if-cached` (RFC 9111 section 5.2.1.7).
+    pub(crate) only_if_cached: bool,
     /// A freshness directive had a malformed or repeated value.
     pub(crate) invalid_freshness: bool,
 }
@@ -76,6 +78,7 @@ impl CacheControl {
                 "must-revalidate" => self.must_revalidate = true,
                 "proxy-revalidate" => self.proxy_revalidate = true,
                 "immutable" => self.immutable = true,
+                "only-if-cached" => self.only_if_cached = true,
                 _ => {}
             }
         }
@@ -294,6 +297,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(crate::proptest_cases()))]
+
         #[test]
         fn the_parser_never_panics_on_any_input(s in "\\PC*") {
             let _ = CacheControl::parse(&s);
@@ -308,9 +313,22 @@ mod tests {
         ) {
             let s: String = parts.concat();
             let cc = CacheControl::parse(&s);
-            if let Some(v) = cc.max_age {
+            for v in [cc.max_age, cc.s_maxage, cc.stale_if_error].into_iter().flatten() {
                 prop_assert!(v <= MAX_DELTA_SECONDS);
             }
+        }
+
+        #[test]
+        fn several_field_lines_parse_like_one_comma_joined_line(
+            a in "[a-z0-9=, -]{0,30}",
+            b in "[a-z0-9=, -]{0,30}",
+        ) {
+            let lines = [
+                HeaderValue::from_str(&a).expect("visible ascii"),
+                HeaderValue::from_str(&b).expect("visible ascii"),
+            ];
+            let joined = CacheControl::parse(&format!("{a},{b}"));
+            prop_assert_eq!(CacheControl::from_values(lines.iter()), joined);
         }
     }
 }

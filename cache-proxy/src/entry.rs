@@ -1,7 +1,6 @@
 //! A stored response and the moka policy (weigher, per-entry expiry) around it.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -14,7 +13,8 @@ use crate::rules::{self, AgeInputs, Freshness, Reuse};
 
 /// After an upstream failure, stale entries are served without asking the
 /// upstream again for this long, so an outage does not cost every request a
-/// connect attempt or a timeout.
+/// connect attempt or a timeout; it is also the back-off before a failed
+/// stale-while-revalidate refresh is tried again.
 const FAILURE_MEMO: Duration = Duration::from_secs(1);
 
 /// A complete response held in the cache.
@@ -30,9 +30,6 @@ pub(crate) struct Entry {
     pub(crate) response_time: SystemTime,
     /// How long moka keeps the entry from insertion.
     pub(crate) retention: Duration,
-    /// Set once a background revalidation has been started for this entry, so
-    /// stale-while-revalidate refreshes it once, not once per request.
-    refresh_started: AtomicBool,
     /// The last upstream failure while revalidating this entry.
     last_failure: Mutex<Option<(SystemTime, ProxyError)>>,
 }
@@ -47,7 +44,7 @@ impl Entry {
     ) -> Entry {
         headers.remove(header::AGE);
         let cc = CacheControl::from_values(headers.get_all(header::CACHE_CONTROL));
-        let freshness = rules::freshness(&cc, &headers);
+        let freshness = rules::freshness(&cc, &headers, ages.response_time);
         let initial_age = rules::corrected_initial_age(ages);
         let retention = rules::retention(
             &freshness,
@@ -63,14 +60,14 @@ impl Entry {
             initial_age,
             response_time: ages.response_time,
             retention,
-            refresh_started: AtomicBool::new(false),
             last_failure: Mutex::new(None),
         }
     }
 
-    /// RFC 9111 section 4.3.4: a 304 updates the stored header fields (except
-    /// the ones describing the content) and restarts the freshness clock; the
-    /// stored content is kept.
+    /// RFC 9111 section 4.3.4: a 304 updates the stored header fields as section
+    /// 3.2 says and restarts the freshness clock; the stored content is kept.
+    /// The caller must check that the result is still storable (the 304 may add
+    /// Set-Cookie, `private`, `no-store` or a Vary the key cannot honour).
     pub(crate) fn freshened(
         &self,
         not_modified: &HeaderMap,
@@ -78,13 +75,8 @@ impl Entry {
         keep: Duration,
     ) -> Entry {
         let mut headers = self.headers.clone();
-        let content_fields: [HeaderName; 3] = [
-            header::CONTENT_LENGTH,
-            header::CONTENT_ENCODING,
-            header::CONTENT_TYPE,
-        ];
         for name in not_modified.keys() {
-            if content_fields.contains(name) || is_hop_by_hop(name) {
+            if !updated_by_304(name) {
                 continue;
             }
             headers.remove(name);
@@ -93,6 +85,23 @@ impl Entry {
             }
         }
         Entry::new(self.status, headers, self.body.clone(), ages, keep)
+    }
+
+    /// RFC 9111 section 3 applied to the stored fields as they are now (after a
+    /// 304 merged new ones in), for the anonymous fill that keeps the entry.
+    pub(crate) fn still_storable(&self, key: &CacheKey) -> Result<(), rules::NoStoreReason> {
+        let cc = CacheControl::from_values(self.headers.get_all(header::CACHE_CONTROL));
+        rules::storable(
+            rules::RequestFacts::default(),
+            self.status,
+            &self.headers,
+            &cc,
+        )?;
+        if key.coding.admits(&self.headers) {
+            Ok(())
+        } else {
+            Err(rules::NoStoreReason::UnexpectedEncoding)
+        }
     }
 
     pub(crate) fn etag(&self) -> Option<&http::HeaderValue> {
@@ -109,11 +118,6 @@ impl Entry {
 
     pub(crate) fn stale_if_error_allows(&self, now: SystemTime) -> bool {
         rules::stale_if_error_allows(&self.freshness, self.age(now))
-    }
-
-    /// True exactly once per entry.
-    pub(crate) fn start_refresh(&self) -> bool {
-        !self.refresh_started.swap(true, Ordering::AcqRel)
     }
 
     pub(crate) fn record_failure(&self, now: SystemTime, err: ProxyError) {
@@ -140,6 +144,25 @@ impl Entry {
         let total = self.body.len() + headers + key.weight() + std::mem::size_of::<Self>();
         u32::try_from(total).unwrap_or(u32::MAX)
     }
+}
+
+/// RFC 9111 section 3.2: every field of a 304 replaces the stored one, except
+/// - the fields a cache must not store (3.1): hop-by-hop fields and the proxy's
+///   own authentication fields;
+/// - Content-Length (3.2);
+/// - the fields the stored content depends on (3.2 lets a cache keep those):
+///   Content-Encoding (the key names the stored coding), Content-Type and
+///   Content-Range, which describe the bytes we hold, not the 304.
+fn updated_by_304(name: &HeaderName) -> bool {
+    !(is_hop_by_hop(name)
+        || matches!(
+            name.as_str(),
+            "content-length"
+                | "content-encoding"
+                | "content-type"
+                | "content-range"
+                | "proxy-authentication-info"
+        ))
 }
 
 /// RFC 9110 section 7.6.1: fields that describe one connection and are never
@@ -204,5 +227,129 @@ impl moka::Expiry<CacheKey, std::sync::Arc<Entry>> for EntryExpiry {
         _duration_until_expiry: Option<Duration>,
     ) -> Option<Duration> {
         Some(value.retention)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        h
+    }
+
+    fn ages(at: SystemTime) -> AgeInputs {
+        AgeInputs {
+            request_time: at,
+            response_time: at,
+            date: Some(at),
+            age: None,
+        }
+    }
+
+    fn stored() -> (Entry, SystemTime) {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let entry = Entry::new(
+            StatusCode::OK,
+            headers(&[
+                ("cache-control", "max-age=1"),
+                ("etag", "\"v1\""),
+                ("content-type", "application/atom+xml"),
+                ("content-encoding", "gzip"),
+                ("content-length", "5"),
+                ("x-note", "old"),
+            ]),
+            Bytes::from_static(b"hello"),
+            &ages(t0),
+            Duration::from_secs(600),
+        );
+        (entry, t0)
+    }
+
+    #[test]
+    fn a_304_replaces_stored_fields_but_not_the_ones_describing_the_stored_bytes() {
+        let (entry, t0) = stored();
+        let later = t0 + Duration::from_secs(30);
+        let fresh = entry.freshened(
+            &headers(&[
+                ("cache-control", "max-age=60"),
+                ("x-note", "new"),
+                ("x-note", "newer"),
+                ("content-length", "0"),
+                ("content-encoding", "identity"),
+                ("content-type", "text/plain"),
+                ("connection", "close"),
+                ("keep-alive", "timeout=5"),
+                ("age", "3"),
+            ]),
+            &AgeInputs {
+                age: Some(3),
+                ..ages(later)
+            },
+            Duration::from_secs(600),
+        );
+        let get = |name: &str| -> Vec<&str> {
+            fresh
+                .headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().expect("ascii"))
+                .collect()
+        };
+        assert_eq!(get("cache-control"), ["max-age=60"]);
+        assert_eq!(get("x-note"), ["new", "newer"]);
+        assert_eq!(get("content-length"), ["5"]);
+        assert_eq!(get("content-encoding"), ["gzip"]);
+        assert_eq!(get("content-type"), ["application/atom+xml"]);
+        assert_eq!(get("etag"), ["\"v1\""]);
+        assert!(get("connection").is_empty() && get("keep-alive").is_empty());
+        assert!(get("age").is_empty(), "Age is recomputed, never stored");
+        assert_eq!(fresh.body, Bytes::from_static(b"hello"));
+        assert_eq!(fresh.freshness.lifetime, Duration::from_secs(60));
+        assert_eq!(
+            fresh.age(later),
+            Duration::from_secs(3),
+            "the clock restarts"
+        );
+        assert_eq!(fresh.reuse(later), Reuse::Fresh);
+    }
+
+    #[test]
+    fn a_304_can_make_the_stored_response_unstorable() {
+        let (entry, t0) = stored();
+        let key = CacheKey {
+            route: std::sync::Arc::from("/svc"),
+            path_and_query: "/feed".to_owned(),
+            format: crate::key::Format::Atom,
+            coding: crate::key::Coding::Gzip,
+        };
+        for (name, value, reason) in [
+            ("set-cookie", "session=1", rules::NoStoreReason::SetCookie),
+            (
+                "cache-control",
+                "private, max-age=60",
+                rules::NoStoreReason::Private,
+            ),
+            ("cache-control", "no-store", rules::NoStoreReason::NoStore),
+            ("vary", "Cookie", rules::NoStoreReason::VaryUnkeyed),
+            ("vary", "*", rules::NoStoreReason::VaryStar),
+        ] {
+            let fresh = entry.freshened(&headers(&[(name, value)]), &ages(t0), Duration::ZERO);
+            assert_eq!(fresh.still_storable(&key), Err(reason), "{name}: {value}");
+        }
+        let fine = entry.freshened(
+            &headers(&[("cache-control", "max-age=5")]),
+            &ages(t0),
+            Duration::ZERO,
+        );
+        assert_eq!(fine.still_storable(&key), Ok(()));
     }
 }

@@ -50,6 +50,10 @@ pub enum ProxyError {
     /// 504: the upstream did not answer in time.
     #[error("the upstream did not answer within {0} ms")]
     UpstreamTimeout(u128),
+    /// 504: the request said `Cache-Control: only-if-cached` and nothing usable
+    /// is stored (RFC 9111 section 5.2.1.7).
+    #[error("nothing usable is stored and the request said only-if-cached")]
+    NotCached,
     /// 500: a fault of the gateway itself.
     #[error("internal error")]
     Internal(String),
@@ -63,7 +67,8 @@ impl ProxyError {
             | ProxyError::BadRequest(_)
             | ProxyError::UriTooLong(_)
             | ProxyError::HeadersTooLarge(_)
-            | ProxyError::PayloadTooLarge(_) => Fault::Downstream,
+            | ProxyError::PayloadTooLarge(_)
+            | ProxyError::NotCached => Fault::Downstream,
             ProxyError::Upstream(_) | ProxyError::UpstreamTimeout(_) => Fault::Upstream,
             ProxyError::Internal(_) => Fault::Internal,
         }
@@ -78,7 +83,7 @@ impl ProxyError {
             ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpstreamTimeout(_) | ProxyError::NotCached => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

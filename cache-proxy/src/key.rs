@@ -16,46 +16,67 @@ use http::{HeaderMap, HeaderValue, header};
 pub(crate) enum Format {
     Atom,
     Html,
-    Json,
 }
 
 impl Format {
-    /// Atom unless the client explicitly prefers HTML (browsers) or JSON (API
-    /// clients) over Atom; `*/*` and a missing `Accept` get Atom.
+    /// The feed server's own negotiation (`feed::negotiate::negotiate_format`),
+    /// so the variant a cache stores is the one the origin would have chosen for
+    /// this client: per format, the q of the most specific matching media range
+    /// counts (`application/atom+xml` > `application/xml`, `text/xml` >
+    /// `application/*` > `*/*`; `text/html`, `application/xhtml+xml` > `text/*` >
+    /// `*/*`), and HTML wins only when its q is strictly higher and not 0. Any
+    /// other client (feed readers, `*/*`, no `Accept`, JSON API clients, whose
+    /// services answer JSON for anything but HTML) gets the Atom variant.
     pub(crate) fn negotiate(headers: &HeaderMap) -> Format {
-        let (mut atom, mut html, mut json) = (0.0f32, 0.0f32, 0.0f32);
-        for value in headers.get_all(header::ACCEPT) {
+        let mut values = headers.get_all(header::ACCEPT).iter().peekable();
+        if values.peek().is_none() {
+            return Format::Atom;
+        }
+        let (mut atom, mut html) = (-1.0f32, -1.0f32);
+        for value in values {
             let Ok(value) = value.to_str() else { continue };
-            for item in value.split(',') {
-                let mut parts = item.split(';');
-                let media = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
-                let q = quality(parts);
-                let slot = match media.as_str() {
-                    "application/atom+xml" => &mut atom,
-                    "text/html" | "application/xhtml+xml" => &mut html,
-                    "application/json" | "application/problem+json" => &mut json,
-                    _ => continue,
+            for (name, q) in weighted(value) {
+                let atom_specificity = match name.as_str() {
+                    "application/atom+xml" => Some(3u8),
+                    "application/xml" | "text/xml" => Some(2),
+                    "application/*" => Some(1),
+                    "*/*" => Some(0),
+                    _ => None,
                 };
-                *slot = slot.max(q);
+                let html_specificity = match name.as_str() {
+                    "text/html" | "application/xhtml+xml" => Some(3u8),
+                    "text/*" => Some(1),
+                    "*/*" => Some(0),
+                    _ => None,
+                };
+                // Specificity dominates q (q <= 1 < 10), so the maximum is the
+                // most specific range, and among equals the highest q.
+                if let Some(s) = atom_specificity {
+                    atom = atom.max(q + f32::from(s) * 10.0);
+                }
+                if let Some(s) = html_specificity {
+                    html = html.max(q + f32::from(s) * 10.0);
+                }
             }
         }
-        if html > 0.0 && html > atom && html >= json {
+        let q = |v: f32| if v < 0.0 { -1.0 } else { v % 10.0 };
+        if q(html) > q(atom) && q(html) > 0.0 {
             Format::Html
-        } else if json > 0.0 && json > atom {
-            Format::Json
         } else {
             Format::Atom
         }
     }
 
-    /// The `Accept` sent upstream: a pure function of the format.
+    /// The `Accept` sent upstream: a pure function of the format, which the
+    /// negotiation above maps back to the same format.
     pub(crate) fn accept_header(self) -> HeaderValue {
         HeaderValue::from_static(match self {
             Format::Atom => "application/atom+xml, application/xml;q=0.9, */*;q=0.8",
             Format::Html => "text/html, application/xhtml+xml;q=0.9, */*;q=0.8",
-            Format::Json => "application/json, */*;q=0.8",
         })
     }
+
+    pub(crate) const ALL: [Format; 2] = [Format::Atom, Format::Html];
 }
 
 /// The content-coding of a stored variant (RFC 9110 section 8.4.1).
@@ -68,29 +89,34 @@ pub(crate) enum Coding {
 }
 
 impl Coding {
-    /// RFC 9110 section 12.5.3: the best coding the client accepts (highest q,
-    /// ties broken br > zstd > gzip); identity when it accepts none of them.
+    pub(crate) const ALL: [Coding; 4] = [Coding::Br, Coding::Zstd, Coding::Gzip, Coding::Identity];
+
+    /// RFC 9110 section 12.5.3 as the feed server applies it
+    /// (`feed::negotiate::negotiate_coding`): the highest q wins (a coding
+    /// listed twice counts with its higher q, `*` stands for the unlisted
+    /// ones), ties go to zstd, br, gzip in that order, identity when the client
+    /// accepts none of them.
     pub(crate) fn negotiate(headers: &HeaderMap) -> Coding {
         let mut q = [None::<f32>; 3];
         let mut star = None::<f32>;
         for value in headers.get_all(header::ACCEPT_ENCODING) {
             let Ok(value) = value.to_str() else { continue };
-            for item in value.split(',') {
-                let mut parts = item.split(';');
-                let name = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
-                let weight = quality(parts);
+            for (name, weight) in weighted(value) {
                 let slot = match name.as_str() {
-                    "br" => &mut q[0],
-                    "zstd" => &mut q[1],
+                    "zstd" => &mut q[0],
+                    "br" => &mut q[1],
                     "gzip" | "x-gzip" => &mut q[2],
-                    "*" => &mut star,
+                    "*" => {
+                        star = Some(weight);
+                        continue;
+                    }
                     _ => continue,
                 };
-                *slot = Some(weight);
+                *slot = Some(slot.map_or(weight, |old| old.max(weight)));
             }
         }
         let mut best = (Coding::Identity, 0.0f32);
-        for (coding, weight) in [Coding::Br, Coding::Zstd, Coding::Gzip].into_iter().zip(q) {
+        for (coding, weight) in [Coding::Zstd, Coding::Br, Coding::Gzip].into_iter().zip(q) {
             let weight = weight.or(star).unwrap_or(0.0);
             if weight > best.1 {
                 best = (coding, weight);
@@ -129,21 +155,31 @@ impl Coding {
     }
 }
 
-/// `;q=` of an `Accept`-style item; 1 when absent, 0 when malformed.
-fn quality<'a>(params: impl Iterator<Item = &'a str>) -> f32 {
-    for param in params {
-        if let Some((name, value)) = param.split_once('=')
-            && name.trim().eq_ignore_ascii_case("q")
-        {
-            return value
-                .trim()
-                .parse::<f32>()
-                .ok()
-                .filter(|q| (0.0..=1.0).contains(q))
-                .unwrap_or(0.0);
+/// `(name, q)` items of an `Accept`-style list, names lower-cased; parameters
+/// other than `q` are ignored, a malformed or out-of-range q counts as 0 (the
+/// feed server's reading, so both agree on every input).
+fn weighted(value: &str) -> impl Iterator<Item = (String, f32)> + '_ {
+    value.split(',').filter_map(|item| {
+        let mut parts = item.split(';');
+        let name = parts.next()?.trim().to_ascii_lowercase();
+        if name.is_empty() {
+            return None;
         }
-    }
-    1.0
+        let mut q = 1.0;
+        for param in parts {
+            if let Some((k, v)) = param.split_once('=')
+                && k.trim().eq_ignore_ascii_case("q")
+            {
+                q = v
+                    .trim()
+                    .parse::<f32>()
+                    .ok()
+                    .filter(|q| (0.0..=1.0).contains(q))
+                    .unwrap_or(0.0);
+            }
+        }
+        Some((name, q))
+    })
 }
 
 /// Key of a stored response. Only GET and HEAD are answered from the cache, and
@@ -177,7 +213,7 @@ mod tests {
     }
 
     #[test]
-    fn accept_is_normalised_to_atom_html_or_json() {
+    fn accept_is_normalised_to_atom_or_html() {
         let table: &[(&str, Format)] = &[
             ("application/atom+xml", Format::Atom),
             ("*/*", Format::Atom),
@@ -190,9 +226,14 @@ mod tests {
             ("text/html;q=0.5, application/atom+xml;q=0.4", Format::Html),
             ("application/atom+xml;q=0.5, text/html", Format::Html),
             ("text/html;q=0", Format::Atom),
-            ("application/json", Format::Json),
-            ("application/problem+json, application/json", Format::Json),
+            ("application/json", Format::Atom),
             ("text/html;q=bogus", Format::Atom),
+            ("text/*", Format::Html),
+            ("text/html;q=0.5, application/xml", Format::Atom),
+            (
+                "application/atom+xml;q=0.1, text/html;q=0.2, */*",
+                Format::Html,
+            ),
         ];
         for (accept, expected) in table {
             assert_eq!(
@@ -202,20 +243,27 @@ mod tests {
             );
         }
         assert_eq!(Format::negotiate(&HeaderMap::new()), Format::Atom);
+        for format in Format::ALL {
+            let canonical = with("accept", format.accept_header().to_str().expect("ascii"));
+            assert_eq!(Format::negotiate(&canonical), format);
+        }
     }
 
     #[test]
     fn accept_encoding_is_normalised_to_one_coding() {
         let table: &[(&str, Coding)] = &[
             ("gzip", Coding::Gzip),
-            ("gzip, deflate, br, zstd", Coding::Br),
-            ("gzip, zstd", Coding::Zstd),
+            ("gzip, deflate, br", Coding::Br),
+            ("gzip, deflate, br, zstd", Coding::Zstd),
             ("br;q=0.5, gzip", Coding::Gzip),
             ("br;q=0, gzip;q=0", Coding::Identity),
             ("identity", Coding::Identity),
             ("deflate", Coding::Identity),
-            ("*", Coding::Br),
+            ("*", Coding::Zstd),
+            ("*, zstd;q=0", Coding::Br),
             ("*;q=0.5, gzip", Coding::Gzip),
+            ("GZIP;Q=1", Coding::Gzip),
+            ("gzip;q=0, gzip;q=0.5", Coding::Gzip),
             ("", Coding::Identity),
         ];
         for (ae, expected) in table {
@@ -233,5 +281,91 @@ mod tests {
         assert!(Coding::Gzip.admits(&HeaderMap::new()));
         assert!(!Coding::Identity.admits(&with("content-encoding", "gzip")));
         assert!(!Coding::Br.admits(&with("content-encoding", "gzip")));
+    }
+
+    fn feed_format(accept: &str) -> Format {
+        match feed::negotiate::negotiate_format(Some(accept)) {
+            feed::negotiate::Format::Atom => Format::Atom,
+            feed::negotiate::Format::Html => Format::Html,
+        }
+    }
+
+    fn feed_coding(ae: &str) -> Coding {
+        match feed::negotiate::negotiate_coding(Some(ae)) {
+            feed::negotiate::Coding::Identity => Coding::Identity,
+            feed::negotiate::Coding::Gzip => Coding::Gzip,
+            feed::negotiate::Coding::Br => Coding::Br,
+            feed::negotiate::Coding::Zstd => Coding::Zstd,
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(crate::proptest_cases()))]
+
+        /// The variant the cache keys is the one the feed server would send.
+        #[test]
+        fn the_format_agrees_with_the_feed_servers_negotiation(
+            items in proptest::collection::vec(
+                (
+                    "(application/atom\\+xml|text/html|application/xhtml\\+xml|application/xml|text/xml|application/\\*|text/\\*|\\*/\\*|application/json|image/webp|TEXT/HTML)",
+                    proptest::option::of("(0|1|0\\.[0-9]{1,3}|1\\.0|bogus|2)"),
+                    proptest::option::of("(level=1|charset=utf-8)"),
+                ),
+                0..6,
+            )
+        ) {
+            let accept = items
+                .iter()
+                .map(|(media, q, param)| {
+                    let mut item = media.clone();
+                    if let Some(param) = param {
+                        item.push_str(";");
+                        item.push_str(param);
+                    }
+                    if let Some(q) = q {
+                        item.push_str(";q=");
+                        item.push_str(q);
+                    }
+                    item
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            proptest::prop_assert_eq!(
+                Format::negotiate(&with("accept", &accept)),
+                feed_format(&accept),
+                "{}", accept
+            );
+        }
+
+        #[test]
+        fn the_coding_agrees_with_the_feed_servers_negotiation(
+            items in proptest::collection::vec(
+                (
+                    "(gzip|x-gzip|br|zstd|deflate|identity|\\*|GZIP|compress)",
+                    proptest::option::of("(0|1|0\\.[0-9]{1,3}|bogus)"),
+                ),
+                0..6,
+            )
+        ) {
+            let ae = items
+                .iter()
+                .map(|(coding, q)| match q {
+                    Some(q) => format!("{coding};q={q}"),
+                    None => coding.clone(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            proptest::prop_assert_eq!(
+                Coding::negotiate(&with("accept-encoding", &ae)),
+                feed_coding(&ae),
+                "{}", ae
+            );
+        }
+
+        #[test]
+        fn negotiation_never_panics_on_any_header(s in "[ -~]{0,120}") {
+            let _ = Format::negotiate(&with("accept", &s));
+            let _ = Coding::negotiate(&with("accept-encoding", &s));
+        }
     }
 }

@@ -4,11 +4,11 @@
 //! cache-proxy --listen 127.0.0.1:8080 \
 //!     --route /catalog=http://127.0.0.1:8081 --route /sales=http://127.0.0.1:8082 \
 //!     --capacity 256MiB
+//! cache-proxy --config /etc/cache-proxy.toml
 //! ```
 
 use anyhow::Context;
-use cache_proxy::{Config, Proxy};
-use clap::Parser;
+use cache_proxy::{Config, ConfigError, Proxy};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -20,7 +20,20 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| EnvFilter::new("info,cache_proxy=info")),
         )
         .init();
-    let config = Config::parse();
+    let config = match Config::load() {
+        Ok(config) => config,
+        Err(ConfigError::CommandLine(err)) => err.exit(),
+        Err(err) => {
+            eprintln!("cache-proxy: {err}");
+            std::process::exit(2);
+        }
+    };
+    // Every held long poll is an open connection: take all the descriptors the
+    // hard limit allows rather than the soft default (often 1024).
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(err) => tracing::warn!(%err, "cannot raise the open file limit"),
+    }
     let listen = config.listen;
     let routes: Vec<String> = config
         .routes

@@ -18,8 +18,13 @@ pub(crate) struct Metrics {
     pub(crate) revalidations: Counter,
     pub(crate) upstream_requests: Counter,
     pub(crate) passes: Counter,
+    pub(crate) long_polls: Counter,
+    pub(crate) invalidations: Counter,
     pub(crate) bytes_cached: Gauge<u64, AtomicU64>,
     pub(crate) entries: Gauge<u64, AtomicU64>,
+    pub(crate) long_polls_waiting: Gauge<u64, AtomicU64>,
+    pub(crate) in_flight_bytes: Gauge<u64, AtomicU64>,
+    pub(crate) in_flight_bytes_peak: Gauge<u64, AtomicU64>,
 }
 
 impl Metrics {
@@ -43,7 +48,7 @@ impl Metrics {
         let coalesced = counter(
             &mut registry,
             "coalesced_waits",
-            "Requests that waited for another request's upstream fetch instead of making their own",
+            "Requests answered by another request's upstream exchange (fill, revalidation, long poll) instead of making their own",
         );
         let stale = counter(
             &mut registry,
@@ -63,7 +68,37 @@ impl Metrics {
         let passes = counter(
             &mut registry,
             "passes",
-            "Requests passed through without the cache (methods, credentials, long polls)",
+            "Requests passed through without the cache (methods, credentials)",
+        );
+        let long_polls = counter(
+            &mut registry,
+            "long_polls_forwarded",
+            "Long polls sent upstream (each answers every request that joined it)",
+        );
+        let invalidations = counter(
+            &mut registry,
+            "invalidations",
+            "Request targets invalidated by a successful unsafe request (RFC 9111 4.4)",
+        );
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let gauge = Gauge::<u64, AtomicU64>::default();
+            registry.register(name, help, gauge.clone());
+            gauge
+        };
+        let long_polls_waiting = gauge(
+            &mut registry,
+            "long_polls_waiting",
+            "Requests waiting for a coalesced long poll",
+        );
+        let in_flight_bytes = gauge(
+            &mut registry,
+            "in_flight_bytes",
+            "Response bytes buffered outside the cache (fills, long polls, errors)",
+        );
+        let in_flight_bytes_peak = gauge(
+            &mut registry,
+            "in_flight_bytes_peak",
+            "The most response bytes ever buffered outside the cache at once",
         );
         let bytes_cached = Gauge::default();
         registry.register(
@@ -82,8 +117,13 @@ impl Metrics {
             revalidations,
             upstream_requests,
             passes,
+            long_polls,
+            invalidations,
             bytes_cached,
             entries,
+            long_polls_waiting,
+            in_flight_bytes,
+            in_flight_bytes_peak,
         }
     }
 

@@ -33,6 +33,12 @@ pub(crate) enum NoStoreReason {
     NoFreshness,
     TooLarge,
     UnexpectedEncoding,
+    /// The in-flight budget (`--max-in-flight`) was spent: streamed instead.
+    InFlightLimit,
+    /// The request said `Cache-Control: no-store` (RFC 9111 section 5.2.1.5).
+    RequestNoStore,
+    /// An unsafe request changed the resource while the response was on its way.
+    Invalidated,
 }
 
 impl NoStoreReason {
@@ -48,6 +54,9 @@ impl NoStoreReason {
             NoStoreReason::NoFreshness => "no-freshness",
             NoStoreReason::TooLarge => "too-large",
             NoStoreReason::UnexpectedEncoding => "unexpected-encoding",
+            NoStoreReason::InFlightLimit => "in-flight-limit",
+            NoStoreReason::RequestNoStore => "request-no-store",
+            NoStoreReason::Invalidated => "invalidated",
         }
     }
 }
@@ -129,14 +138,19 @@ pub(crate) struct Freshness {
 /// RFC 9111 section 4.2.1: the freshness lifetime (shared cache: s-maxage first),
 /// and the RFC 5861 stale windows, which must-revalidate, proxy-revalidate,
 /// s-maxage (5.2.2.10 implies proxy-revalidate) and no-cache switch off.
-pub(crate) fn freshness(cc: &CacheControl, headers: &HeaderMap) -> Freshness {
+/// `response_time` stands in for a missing `Date` (4.2.1).
+pub(crate) fn freshness(
+    cc: &CacheControl,
+    headers: &HeaderMap,
+    response_time: SystemTime,
+) -> Freshness {
     let lifetime = if cc.no_cache || cc.invalid_freshness {
         // 5.2.2.4: no-cache means "validate before every reuse".
         Duration::ZERO
     } else if let Some(s) = cc.s_maxage.or(cc.max_age) {
         Duration::from_secs(s)
     } else {
-        expires_lifetime(headers)
+        expires_lifetime(headers, response_time)
     };
     let may_serve_stale =
         !(cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some() || cc.no_cache);
@@ -154,19 +168,18 @@ pub(crate) fn freshness(cc: &CacheControl, headers: &HeaderMap) -> Freshness {
 
 /// RFC 9111 section 4.2.1: `Expires` minus `Date`; an invalid Expires (5.3: "e.g.
 /// the value 0") means already expired.
-fn expires_lifetime(headers: &HeaderMap) -> Duration {
+fn expires_lifetime(headers: &HeaderMap, response_time: SystemTime) -> Duration {
     let Some(expires) = headers.get(header::EXPIRES) else {
         return Duration::ZERO;
     };
     let Some(expires) = http_date(expires) else {
         return Duration::ZERO;
     };
-    // 4.2.1: without Date, the time the response was received serves; callers that
-    // lack both get "now", which the Date header normally equals for direct origins.
+    // 4.2.1: without Date, the time the response was received serves.
     let date = headers
         .get(header::DATE)
         .and_then(http_date)
-        .unwrap_or_else(SystemTime::now);
+        .unwrap_or(response_time);
     expires.duration_since(date).unwrap_or(Duration::ZERO)
 }
 
@@ -251,6 +264,27 @@ pub(crate) fn reuse(f: &Freshness, age: Duration) -> Reuse {
     }
 }
 
+/// How a stored response may be used for a request with these `Cache-Control`
+/// request directives (RFC 9111 section 5.2.1): `no-cache` (5.2.1.4) and a
+/// `max-age` the response is older than (5.2.1.1) ask for validation first,
+/// except that a fresh `immutable` response is used as is (RFC 8246 section 2:
+/// it will not change while fresh, so validating it only costs the origin).
+pub(crate) fn reuse_for_request(f: &Freshness, age: Duration, request: &CacheControl) -> Reuse {
+    let base = reuse(f, age);
+    if base == Reuse::Fresh && f.immutable {
+        return base;
+    }
+    let too_old = !request.invalid_freshness
+        && request
+            .max_age
+            .is_some_and(|max| age > Duration::from_secs(max));
+    if request.no_cache || too_old {
+        Reuse::Revalidate
+    } else {
+        base
+    }
+}
+
 /// RFC 5861 section 4: after an error (a 500, 502, 503 or 504 response, or no
 /// response at all) the stale response may be used within stale-if-error.
 pub(crate) fn stale_if_error_allows(f: &Freshness, age: Duration) -> bool {
@@ -323,6 +357,28 @@ pub(crate) fn prefer_wait(headers: &HeaderMap) -> Option<u64> {
             value.trim().trim_matches('"').parse::<u64>().ok()
         })
     })
+}
+
+/// The `Prefer` field values with every `wait` preference set to `wait` seconds
+/// (RFC 7240 section 4.3), other preferences kept, so an upstream never holds a
+/// request longer than the proxy will wait for it.
+pub(crate) fn cap_prefer_wait(headers: &HeaderMap, wait: u64) -> Option<HeaderValue> {
+    let mut prefs = Vec::new();
+    for value in headers.get_all("prefer") {
+        let Ok(value) = value.to_str() else { continue };
+        for pref in value.split(',') {
+            let token = pref.split(';').next().unwrap_or_default();
+            let is_wait = token
+                .split_once('=')
+                .is_some_and(|(name, _)| name.trim().eq_ignore_ascii_case("wait"));
+            if is_wait {
+                prefs.push(format!("wait={wait}"));
+            } else if !pref.trim().is_empty() {
+                prefs.push(pref.trim().to_owned());
+            }
+        }
+    }
+    HeaderValue::from_str(&prefs.join(", ")).ok()
 }
 
 #[cfg(test)]
@@ -463,7 +519,7 @@ mod tests {
             ("max-age=1, max-age=60", &date, Duration::ZERO),
         ];
         for (cache_control, extra, expected) in table {
-            let f = freshness(&cc(cache_control), &headers(extra));
+            let f = freshness(&cc(cache_control), &headers(extra), SystemTime::UNIX_EPOCH);
             assert_eq!(f.lifetime, *expected, "{cache_control:?}");
         }
     }
@@ -499,7 +555,11 @@ mod tests {
             ),
         ];
         for (cache_control, swr, sie) in table {
-            let f = freshness(&cc(cache_control), &HeaderMap::new());
+            let f = freshness(
+                &cc(cache_control),
+                &HeaderMap::new(),
+                SystemTime::UNIX_EPOCH,
+            );
             assert_eq!(
                 (f.stale_while_revalidate, f.stale_if_error),
                 (*swr, *sie),
@@ -513,6 +573,7 @@ mod tests {
         let f = freshness(
             &cc("max-age=10, stale-while-revalidate=5, stale-if-error=30"),
             &HeaderMap::new(),
+            SystemTime::UNIX_EPOCH,
         );
         let at = |s: u64| reuse(&f, Duration::from_secs(s));
         assert_eq!(at(0), Reuse::Fresh);
@@ -523,7 +584,11 @@ mod tests {
         assert_eq!(at(15), Reuse::Revalidate);
         assert!(stale_if_error_allows(&f, Duration::from_secs(39)));
         assert!(!stale_if_error_allows(&f, Duration::from_secs(40)));
-        let no_cache = freshness(&cc("no-cache, max-age=10"), &HeaderMap::new());
+        let no_cache = freshness(
+            &cc("no-cache, max-age=10"),
+            &HeaderMap::new(),
+            SystemTime::UNIX_EPOCH,
+        );
         assert_eq!(reuse(&no_cache, Duration::ZERO), Reuse::Revalidate);
     }
 
@@ -597,9 +662,14 @@ mod tests {
         let head = freshness(
             &cc("max-age=1, stale-while-revalidate=5, stale-if-error=86400"),
             &HeaderMap::new(),
+            SystemTime::UNIX_EPOCH,
         );
         assert_eq!(retention(&head, s(0), true, s(600)), s(86_401));
-        let page = freshness(&cc("max-age=300"), &HeaderMap::new());
+        let page = freshness(
+            &cc("max-age=300"),
+            &HeaderMap::new(),
+            SystemTime::UNIX_EPOCH,
+        );
         assert_eq!(retention(&page, s(0), true, s(600)), s(900));
         assert_eq!(retention(&page, s(0), false, s(600)), s(300));
         assert_eq!(retention(&page, s(1000), false, s(600)), s(0));
@@ -644,5 +714,74 @@ mod tests {
             assert_eq!(prefer_wait(&h), *expected, "{value:?}");
         }
         assert_eq!(prefer_wait(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn expires_without_date_counts_from_the_response_time_passed_in() {
+        let received = httpdate::parse_http_date("Thu, 01 Jan 2099 00:00:00 GMT").expect("date");
+        let h = headers(&[("expires", "Thu, 01 Jan 2099 00:02:00 GMT")]);
+        assert_eq!(
+            freshness(&cc(""), &h, received).lifetime,
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            freshness(&cc(""), &h, received + Duration::from_secs(200)).lifetime,
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn request_directives_ask_for_validation_except_for_fresh_immutable_responses() {
+        let s = Duration::from_secs;
+        let page = freshness(
+            &cc("max-age=31536000, immutable"),
+            &HeaderMap::new(),
+            SystemTime::UNIX_EPOCH,
+        );
+        let head = freshness(
+            &cc("max-age=10, stale-while-revalidate=5"),
+            &HeaderMap::new(),
+            SystemTime::UNIX_EPOCH,
+        );
+        let table: &[(&Freshness, u64, &str, Reuse)] = &[
+            (&head, 2, "", Reuse::Fresh),
+            (&head, 2, "no-cache", Reuse::Revalidate),
+            (&head, 2, "max-age=0", Reuse::Revalidate),
+            (&head, 2, "max-age=5", Reuse::Fresh),
+            (&head, 12, "", Reuse::StaleWhileRevalidate),
+            (&head, 12, "no-cache", Reuse::Revalidate),
+            (&head, 2, "max-age=bogus", Reuse::Fresh),
+            (&head, 2, "no-store", Reuse::Fresh),
+            (&page, 100, "no-cache", Reuse::Fresh),
+            (&page, 100, "max-age=0", Reuse::Fresh),
+            (&page, 31_536_001, "no-cache", Reuse::Revalidate),
+        ];
+        for (f, age, request, expected) in table {
+            assert_eq!(
+                reuse_for_request(f, s(*age), &cc(request)),
+                *expected,
+                "age {age} request {request:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_forwarded_wait_is_capped_and_other_preferences_kept() {
+        let table: &[(&[&str], &str)] = &[
+            (&["wait=600"], "wait=30"),
+            (&["respond-async, wait=600"], "respond-async, wait=30"),
+            (&["return=minimal", "Wait = 5"], "return=minimal, wait=30"),
+        ];
+        for (values, expected) in table {
+            let mut h = HeaderMap::new();
+            for v in *values {
+                h.append("prefer", HeaderValue::from_str(v).expect("ascii"));
+            }
+            assert_eq!(
+                cap_prefer_wait(&h, 30).expect("value"),
+                *expected,
+                "{values:?}"
+            );
+        }
     }
 }

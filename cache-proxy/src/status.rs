@@ -18,6 +18,9 @@ pub(crate) enum Fwd {
     UriMiss,
     /// A stored response was stale and had to be validated.
     Stale,
+    /// A stored response could be used, but the request's semantics (request
+    /// `Cache-Control`, a long poll) asked the upstream.
+    Request,
 }
 
 impl Fwd {
@@ -27,6 +30,7 @@ impl Fwd {
             Fwd::Method => "method",
             Fwd::UriMiss => "uri-miss",
             Fwd::Stale => "stale",
+            Fwd::Request => "request",
         }
     }
 }
@@ -38,14 +42,10 @@ pub(crate) enum Detail {
     StaleWhileRevalidate,
     /// Served stale because the upstream failed (RFC 5861 section 4).
     StaleIfError,
-    /// Waited for another request's upstream fetch of the same key.
-    Coalesced,
     /// A long poll (`Prefer: wait`), never stored.
     LongPoll,
     /// The request carried Authorization or Cookie.
     Credentials,
-    /// The request carried a preference other than `wait`.
-    Preference,
     /// The response was not stored, for this reason.
     NotStored(NoStoreReason),
 }
@@ -55,22 +55,25 @@ impl Detail {
         match self {
             Detail::StaleWhileRevalidate => "stale-while-revalidate",
             Detail::StaleIfError => "stale-if-error",
-            Detail::Coalesced => "coalesced",
             Detail::LongPoll => "long-poll",
             Detail::Credentials => "credentials",
-            Detail::Preference => "preference",
             Detail::NotStored(reason) => reason.as_str(),
         }
     }
 }
 
-/// One `Cache-Status` list member.
+/// One `Cache-Status` list member. It is appended after the members the
+/// upstream sent (RFC 9211 section 2: the list runs from the origin's side to
+/// the client's).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct CacheStatus {
     pub(crate) hit: bool,
     pub(crate) fwd: Option<Fwd>,
     pub(crate) fwd_status: Option<u16>,
     pub(crate) stored: bool,
+    /// RFC 9211 section 2.5: the request waited for another request's upstream
+    /// exchange and was answered by it.
+    pub(crate) collapsed: bool,
     pub(crate) ttl: Option<i64>,
     pub(crate) detail: Option<Detail>,
 }
@@ -87,6 +90,19 @@ impl CacheStatus {
     pub(crate) fn fwd(fwd: Fwd) -> Self {
         CacheStatus {
             fwd: Some(fwd),
+            ..Default::default()
+        }
+    }
+
+    /// The member for a request that took part in an upstream exchange: the one
+    /// that started it stored the result (if it was stored), the others were
+    /// collapsed into it.
+    pub(crate) fn exchange(fwd: Fwd, fwd_status: u16, started: bool, stored: bool) -> Self {
+        CacheStatus {
+            fwd: Some(fwd),
+            fwd_status: Some(fwd_status),
+            stored: stored && started,
+            collapsed: !started,
             ..Default::default()
         }
     }
@@ -110,6 +126,9 @@ impl CacheStatus {
         }
         if self.stored {
             s.push_str("; stored");
+        }
+        if self.collapsed {
+            s.push_str("; collapsed");
         }
         if let Some(ttl) = self.ttl {
             s.push_str(&format!("; ttl={ttl}"));
@@ -151,6 +170,14 @@ mod tests {
         assert_eq!(
             bypass.header_value(),
             "cache-proxy; fwd=bypass; detail=private"
+        );
+        assert_eq!(
+            CacheStatus::exchange(Fwd::UriMiss, 200, false, true).header_value(),
+            "cache-proxy; fwd=uri-miss; fwd-status=200; collapsed"
+        );
+        assert_eq!(
+            CacheStatus::exchange(Fwd::Stale, 304, true, true).header_value(),
+            "cache-proxy; fwd=stale; fwd-status=304; stored"
         );
     }
 }
