@@ -287,6 +287,14 @@ sub vcl_miss {
 }
 
 sub vcl_backend_fetch {
+    # A refresh of a stale copy that failed within the last second is not
+    # tried again yet: the stale copy is served meanwhile (see vcl_hit). This
+    # also stops the background fetch Varnish starts whenever it serves a
+    # stale copy.
+    if ((bereq.is_bgfetch || bereq.http.X-Fetch-Now)
+        && vsthrottle.remaining("failed " + bereq.http.Host + " " + bereq.url, 1, 1s) == 0) {
+        return (abandon);
+    }
     unset bereq.http.X-Stale-Ok;
     # The coding the key asked for, even though Varnish (http_gzip_support, on
     # by default) has just set Accept-Encoding: gzip on every fill.
@@ -342,6 +350,15 @@ sub vcl_backend_response {
         }
         return (deliver);
     }
+    # A Vary on a field outside the key cannot be honoured: a fill never sends
+    # such a field, so the variant stored would be the one for "absent" and
+    # match no client that sends it. Not stored (like cache-proxy), as a
+    # hit-for-miss so that requests do not queue for it.
+    if (beresp.http.Vary ~ "(?i)(^|,)\s*(?!(accept|accept-encoding|prefer)\s*(,|$))[^,\s]") {
+        set beresp.ttl = 120s;
+        set beresp.uncacheable = true;
+        return (deliver);
+    }
     # Which stored copies a later command bans.
     set beresp.http.X-Url = bereq.url;
     set beresp.http.X-Host = bereq.http.Host;
@@ -377,10 +394,15 @@ sub vcl_backend_response {
     # Set-Cookie, private, no-store, Vary: *).
 }
 
-# Bans every stored copy of the path in X-Ban-Path on this host.
+# Bans every stored copy of the path in X-Ban-Path on this host. (Ban
+# arguments are unquoted words: a URL and a Host hold no white space.)
 sub ban_path {
-    if (!std.ban({"obj.http.X-Url == ""} + beresp.http.X-Ban-Path
-            + {"" && obj.http.X-Host == ""} + bereq.http.Host + {"""})) {
+    if (bereq.http.Host) {
+        if (!std.ban("obj.http.X-Url == " + beresp.http.X-Ban-Path
+                + " && obj.http.X-Host == " + bereq.http.Host)) {
+            std.log("ban failed: " + std.ban_error());
+        }
+    } elsif (!std.ban("obj.http.X-Url == " + beresp.http.X-Ban-Path)) {
         std.log("ban failed: " + std.ban_error());
     }
 }

@@ -171,8 +171,14 @@ pub(crate) fn varnishd_path() -> Option<PathBuf> {
 }
 
 /// Starts varnishd with `varnish/default.vcl` pointed at `origin`, or returns
-/// `None` (after saying so loudly) when varnishd is not installed.
+/// `None` (after saying so loudly) when varnishd or varnish-modules is not
+/// installed.
 pub(crate) async fn spawn_varnish(origin: &Origin, test: &str) -> Option<Front> {
+    spawn_varnish_at(origin.addr(), test).await
+}
+
+/// [`spawn_varnish`] for any backend address.
+pub(crate) async fn spawn_varnish_at(backend: SocketAddr, test: &str) -> Option<Front> {
     use std::os::unix::fs::PermissionsExt;
     let Some(varnishd) = varnishd_path() else {
         eprintln!(
@@ -188,11 +194,11 @@ pub(crate) async fn spawn_varnish(origin: &Origin, test: &str) -> Option<Front> 
     let vcl = vcl
         .replace(
             ".host = \"127.0.0.1\";",
-            &format!(".host = \"{}\";", origin.addr().ip()),
+            &format!(".host = \"{}\";", backend.ip()),
         )
         .replace(
             ".port = \"8080\";",
-            &format!(".port = \"{}\";", origin.addr().port()),
+            &format!(".port = \"{}\";", backend.port()),
         );
     let vcl_path = dir.path().join("default.vcl");
     std::fs::write(&vcl_path, vcl).expect("write vcl");
@@ -200,6 +206,8 @@ pub(crate) async fn spawn_varnish(origin: &Origin, test: &str) -> Option<Front> 
     let port = free_port();
     let admin = free_port();
     let workdir = dir.path().join("varnish");
+    let stderr_path = dir.path().join("varnishd.stderr");
+    let stderr = std::fs::File::create(&stderr_path).expect("varnishd stderr file");
     let child = Command::new(varnishd)
         .arg("-F")
         .arg("-n")
@@ -212,15 +220,9 @@ pub(crate) async fn spawn_varnish(origin: &Origin, test: &str) -> Option<Front> 
         .arg(&vcl_path)
         .arg("-s")
         .arg("malloc,64m")
-        .arg("-p")
-        .arg("http_gzip_support=off")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(if std::env::var_os("TEST_LOG").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
+        .stderr(stderr)
         .spawn()
         .expect("start varnishd");
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -236,6 +238,16 @@ pub(crate) async fn spawn_varnish(origin: &Origin, test: &str) -> Option<Front> 
         if client.get(format!("http://{addr}/")).send().await.is_ok() {
             break;
         }
+        if let Ok(Some(status)) = varnish.child.try_wait() {
+            let output = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+            if output.contains("Could not find VMOD") || output.contains("Could not open VMOD") {
+                eprintln!(
+                    "\n!!!!! SKIPPED {test}: varnish-modules is not installed (apt-get install varnish-modules) !!!!!\n"
+                );
+                return None;
+            }
+            panic!("varnishd exited with {status}:\n{output}");
+        }
         assert!(
             Instant::now() < deadline,
             "varnishd did not start within 30 s"
@@ -243,6 +255,7 @@ pub(crate) async fn spawn_varnish(origin: &Origin, test: &str) -> Option<Front> 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     if std::env::var_os("TEST_LOG").is_some() {
+        eprintln!("varnishd's own output goes to {}", stderr_path.display());
         let file = std::env::temp_dir().join(format!("varnishlog-{port}.txt"));
         eprintln!("varnishlog of {addr} goes to {}", file.display());
         varnish.log = Command::new("varnishlog")

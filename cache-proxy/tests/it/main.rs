@@ -62,6 +62,15 @@ both_fronts! {
     poisoning_attempts_never_change_what_other_clients_get: OriginConfig::default();
     a_long_poll_is_forwarded_and_does_not_hold_up_ordinary_requests: OriginConfig::default();
     a_missing_page_is_cached_for_at_most_a_second: OriginConfig::default();
+    a_successful_command_invalidates_the_stored_target_and_its_location: OriginConfig::default();
+    responses_that_must_not_be_shared_are_never_stored: OriginConfig::default();
+    a_304_that_adds_set_cookie_is_not_kept: OriginConfig::default();
+    age_counts_the_upstreams_age_and_the_time_stored: OriginConfig::default();
+    a_stale_copy_is_served_when_the_origin_answers_5xx: OriginConfig::default();
+    a_stale_copy_is_served_when_the_origin_is_too_slow: OriginConfig::default();
+    a_failed_background_refresh_keeps_the_stale_copy: OriginConfig::default();
+    an_origin_error_is_kept_a_second_at_most_and_coalescing_resumes: OriginConfig::default();
+    no_spelling_of_a_target_fills_an_entry_another_target_is_served_from: OriginConfig::default();
 }
 
 /// `TEST_LOG=1` prints the gateway's logs.

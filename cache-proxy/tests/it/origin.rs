@@ -1,7 +1,11 @@
 //! A small real origin that behaves like a feed server (DESIGN.md section 4):
 //! a head with short freshness and a long poll, sealed archive pages, 404s with
 //! `max-age=1`, endpoints behind Authorization, per-path request counters, an
-//! `append` hook, and stop / restart on the same port.
+//! `append` hook, and stop / restart on the same port. Besides: items that
+//! commands change (`/items/{id}`), responses that must not be shared
+//! (`/kinds/{kind}`), an echo of the request target (`/echo/...`), a resource
+//! whose failures the test controls (`/flaky`), one that fails once
+//! (`/recovering/{id}`) and one that trickles a large body (`/trickle/{n}`).
 //!
 //! It is deliberately vulnerable to cache poisoning: it reflects Host and the
 //! forwarding headers into its documents, the way a careless server builds
@@ -63,6 +67,23 @@ struct OriginState {
     counts: Mutex<HashMap<String, Counts>>,
     /// Long polls currently parked.
     waiting: AtomicU64,
+    /// Version of each item, bumped by commands.
+    items: Mutex<HashMap<String, u64>>,
+    /// How `/flaky` answers.
+    flaky: Mutex<Flaky>,
+    /// Requests `/recovering/{id}` has seen, by id.
+    recovering: Mutex<HashMap<String, u64>>,
+}
+
+/// How `/flaky` answers: `Cache-Control: max-age=1, stale-while-revalidate=2,
+/// stale-if-error=60`, ETag `"flaky-{version}"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flaky {
+    Healthy,
+    /// 500 with `Cache-Control: no-store`.
+    Failing,
+    /// Answers after 10 s.
+    Slow,
 }
 
 type Running = (oneshot::Sender<()>, JoinHandle<()>);
@@ -81,6 +102,9 @@ impl Origin {
             last,
             counts: Mutex::default(),
             waiting: AtomicU64::new(0),
+            items: Mutex::default(),
+            flaky: Mutex::new(Flaky::Healthy),
+            recovering: Mutex::default(),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
         let addr = listener.local_addr().expect("origin address");
@@ -130,6 +154,10 @@ impl Origin {
         self.state.waiting.load(Ordering::SeqCst)
     }
 
+    pub(crate) fn set_flaky(&self, mode: Flaky) {
+        *self.state.flaky.lock().expect("lock") = mode;
+    }
+
     pub(crate) fn counts(&self, path: &str) -> Counts {
         self.state
             .counts
@@ -171,7 +199,20 @@ fn router(state: Arc<OriginState>) -> Router {
         .route("/feed/archive/{range}", get(archive))
         .route("/account", get(account))
         .route("/shared", get(shared))
+        .route("/shared-reflect", get(shared_reflect))
         .route("/orders", any(orders))
+        .route(
+            "/healthz",
+            get(|| async { ([(header::CACHE_CONTROL, "no-store")], "ok") }),
+        )
+        .route("/items/{id}", any(item))
+        .route("/items/{id}/touch", any(touch_item))
+        .route("/kinds/{kind}", get(kind))
+        .route("/echo", get(echo))
+        .route("/echo/{*rest}", get(echo))
+        .route("/flaky", get(flaky))
+        .route("/recovering/{id}", get(recovering))
+        .route("/trickle/{n}", get(trickle))
         .route(
             "/slow",
             get(|| async {
@@ -187,6 +228,15 @@ impl OriginState {
     fn count(&self, path: &str, f: impl FnOnce(&mut Counts)) {
         let mut counts = self.counts.lock().expect("lock");
         f(counts.entry(path.to_owned()).or_default());
+    }
+
+    fn counts(&self, path: &str) -> Counts {
+        self.counts
+            .lock()
+            .expect("lock")
+            .get(path)
+            .copied()
+            .unwrap_or_default()
     }
 }
 
@@ -227,7 +277,7 @@ fn reflected(headers: &HeaderMap) -> String {
             .to_owned()
     };
     format!(
-        "base=http://{}/ host={} proto={} forwarded={} x-host={} original-url={} unkeyed={}",
+        "base=http://{}/ host={} proto={} forwarded={} x-host={} original-url={} unkeyed={} agent={} prefer={}",
         headers
             .get("x-forwarded-host")
             .or_else(|| headers.get(header::HOST))
@@ -239,6 +289,8 @@ fn reflected(headers: &HeaderMap) -> String {
         get("x-host"),
         get("x-original-url"),
         get("x-evil"),
+        get("user-agent"),
+        get("prefer"),
     )
 }
 
@@ -465,6 +517,19 @@ async fn shared(State(state): State<Arc<OriginState>>, headers: HeaderMap) -> Re
         .into_response()
 }
 
+/// Like `/shared`, but careless: reflects unkeyed request fields into the body.
+async fn shared_reflect(State(state): State<Arc<OriginState>>, headers: HeaderMap) -> Response {
+    state.count("/shared-reflect", |c| c.requests += 1);
+    if bearer(&headers).is_none() {
+        return unauthorized();
+    }
+    (
+        [(header::CACHE_CONTROL, "public, max-age=60")],
+        format!("the shared price list <!-- {} -->", reflected(&headers)),
+    )
+        .into_response()
+}
+
 /// A command endpoint: echoes what it received.
 async fn orders(
     State(state): State<Arc<OriginState>>,
@@ -488,6 +553,223 @@ async fn not_found(State(state): State<Arc<OriginState>>, uri: Uri) -> Response 
         StatusCode::NOT_FOUND,
         [(header::CACHE_CONTROL, "max-age=1")],
         "not found",
+    )
+        .into_response()
+}
+
+/// `GET /items/{id}`: `max-age=60`, the body names the version. `PUT` (or any
+/// other unsafe method) bumps the version and answers 200 with Content-Location.
+async fn item(
+    State(state): State<Arc<OriginState>>,
+    Path(id): Path<String>,
+    method: Method,
+) -> Response {
+    let path = format!("/items/{id}");
+    state.count(&path, |c| c.requests += 1);
+    let mut items = state.items.lock().expect("lock");
+    let version = items.entry(id.clone()).or_insert(1);
+    if method == Method::GET || method == Method::HEAD {
+        state.count(&path, |c| c.full += 1);
+        return (
+            [
+                (header::CACHE_CONTROL, "max-age=60".to_owned()),
+                (header::ETAG, format!("\"item-{id}-{version}\"")),
+            ],
+            format!("item {id} version {version}"),
+        )
+            .into_response();
+    }
+    *version += 1;
+    (
+        StatusCode::OK,
+        [
+            (header::CACHE_CONTROL, "no-store".to_owned()),
+            (header::CONTENT_LOCATION, path),
+        ],
+        format!("item {id} is now version {version}"),
+    )
+        .into_response()
+}
+
+/// `POST /items/{id}/touch`: bumps the item's version and answers 204 with an
+/// absolute Location built from Host, as a service with a public base URL does.
+async fn touch_item(
+    State(state): State<Arc<OriginState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    state.count(&format!("/items/{id}/touch"), |c| c.requests += 1);
+    *state
+        .items
+        .lock()
+        .expect("lock")
+        .entry(id.clone())
+        .or_insert(1) += 1;
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost");
+    (
+        StatusCode::NO_CONTENT,
+        [(header::LOCATION, format!("http://{host}/items/{id}"))],
+    )
+        .into_response()
+}
+
+/// `GET /kinds/{kind}`: a cacheable-looking response (`max-age=60`) with one
+/// feature that forbids sharing it, or a 304 that adds one.
+async fn kind(
+    State(state): State<Arc<OriginState>>,
+    Path(kind): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let path = format!("/kinds/{kind}");
+    state.count(&path, |c| c.requests += 1);
+    let body = format!("kind {kind}");
+    let mut response = ([(header::CACHE_CONTROL, "max-age=60")], body).into_response();
+    let h = response.headers_mut();
+    match kind.as_str() {
+        "set-cookie" => {
+            h.insert(
+                header::SET_COOKIE,
+                HeaderValue::from_static("session=secret"),
+            );
+        }
+        "no-store" => {
+            h.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("no-store, max-age=60"),
+            );
+        }
+        "private" => {
+            h.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("private, max-age=60"),
+            );
+        }
+        "vary-star" => {
+            h.insert(header::VARY, HeaderValue::from_static("*"));
+        }
+        "vary-user-agent" => {
+            h.insert(header::VARY, HeaderValue::from_static("User-Agent"));
+        }
+        "aged" => {
+            h.insert(header::AGE, HeaderValue::from_static("30"));
+        }
+        "upstream-status" => {
+            h.insert("cache-status", HeaderValue::from_static("inner; hit"));
+        }
+        "cookie-on-304" => {
+            const ETAG: &str = "\"cookie-on-304\"";
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=1"));
+            h.insert(header::ETAG, HeaderValue::from_static(ETAG));
+            if etag_matches(&headers, ETAG) {
+                state.count(&path, |c| c.not_modified += 1);
+                return (
+                    StatusCode::NOT_MODIFIED,
+                    [
+                        (header::ETAG, ETAG),
+                        (header::CACHE_CONTROL, "max-age=60"),
+                        (header::SET_COOKIE, "session=from-304"),
+                    ],
+                )
+                    .into_response();
+            }
+        }
+        _ => {}
+    }
+    state.count(&path, |c| c.full += 1);
+    response
+}
+
+/// `GET /echo/...`: `max-age=60`, the body is the request target the origin got.
+async fn echo(State(state): State<Arc<OriginState>>, uri: Uri) -> Response {
+    let target = uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_owned();
+    state.count("/echo", |c| c.requests += 1);
+    (
+        [(header::CACHE_CONTROL, "max-age=60")],
+        format!("origin saw {target}"),
+    )
+        .into_response()
+}
+
+/// `GET /flaky`: see [`Flaky`].
+async fn flaky(State(state): State<Arc<OriginState>>) -> Response {
+    let mode = *state.flaky.lock().expect("lock");
+    state.count("/flaky", |c| c.requests += 1);
+    match mode {
+        Flaky::Failing => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                [(header::CACHE_CONTROL, "no-store")],
+                "flaky failed",
+            )
+                .into_response();
+        }
+        Flaky::Slow => tokio::time::sleep(Duration::from_secs(10)).await,
+        Flaky::Healthy => {}
+    }
+    state.count("/flaky", |c| c.full += 1);
+    let version = state.counts("/flaky").full;
+    (
+        [
+            (
+                header::CACHE_CONTROL,
+                "max-age=1, stale-while-revalidate=2, stale-if-error=60".to_owned(),
+            ),
+            (header::ETAG, format!("\"flaky-{version}\"")),
+        ],
+        format!("flaky version {version}"),
+    )
+        .into_response()
+}
+
+/// `GET /recovering/{id}`: the first request fails with a 500 that says
+/// `no-store` (as a gateway's error does), later ones get `max-age=60` after
+/// 200 ms.
+async fn recovering(State(state): State<Arc<OriginState>>, Path(id): Path<String>) -> Response {
+    let path = format!("/recovering/{id}");
+    state.count(&path, |c| c.requests += 1);
+    let seen = {
+        let mut seen = state.recovering.lock().expect("lock");
+        let n = seen.entry(id).or_insert(0);
+        *n += 1;
+        *n
+    };
+    if seen == 1 {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CACHE_CONTROL, "no-store")],
+            "not yet",
+        )
+            .into_response();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    state.count(&path, |c| c.full += 1);
+    ([(header::CACHE_CONTROL, "max-age=60")], "recovered").into_response()
+}
+
+/// `GET /trickle/{n}`: a `max-age=60` body of `n` KiB without Content-Length,
+/// sent in 16 KiB chunks 20 ms apart, so many fills are in flight at once.
+async fn trickle(State(state): State<Arc<OriginState>>, Path(n): Path<usize>) -> Response {
+    state.count("/trickle", |c| c.requests += 1);
+    let chunks = n.div_ceil(16);
+    let stream = futures::stream::unfold(0usize, move |i| async move {
+        if i == chunks {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Some((
+            Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; 16 << 10])),
+            i + 1,
+        ))
+    });
+    (
+        [(header::CACHE_CONTROL, "max-age=60")],
+        axum::body::Body::from_stream(stream),
     )
         .into_response()
 }

@@ -233,8 +233,9 @@ async fn metrics_count_hits_misses_coalesced_waits_and_upstream_requests() {
     assert_eq!(value("cache_proxy_entries"), 1);
 }
 
-struct Binary {
-    child: Child,
+/// A process of the cache-proxy binary, killed when dropped.
+pub(crate) struct Binary {
+    pub(crate) child: Child,
 }
 
 impl Drop for Binary {
@@ -455,4 +456,475 @@ async fn a_response_larger_than_the_object_limit_is_streamed_and_not_stored() {
         assert!(response.bytes().await.expect("body").len() > 100_000);
     }
     assert_eq!(origin.counts("/feed/archive/1-10").requests, 2);
+}
+
+async fn metrics_of(front: &crate::harness::Front) -> String {
+    client()
+        .get(format!("http://{}/metrics", front.addr()))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
+}
+
+fn metric_value(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing in\n{metrics}"))
+}
+
+fn cache_status_lines(response: &reqwest::Response) -> Vec<String> {
+    response
+        .headers()
+        .get_all("cache-status")
+        .iter()
+        .map(|v| v.to_str().expect("ascii").to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revalidation_and_its_waiters_say_so_in_cache_status_and_the_counters() {
+    init_tracing();
+    let origin = Origin::start(OriginConfig {
+        head_cache_control: "max-age=1",
+        ..OriginConfig::default()
+    })
+    .await;
+    let front = spawn_proxy(&origin).await;
+    let url = front.url("/feed");
+    client().get(&url).send().await.expect("answer");
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let responses = futures::future::join_all((0..20).map(|_| client().get(&url).send())).await;
+    let statuses: Vec<String> = responses
+        .into_iter()
+        .map(|r| cache_status(&r.expect("answer")))
+        .collect();
+    let count = |s: &str| statuses.iter().filter(|x| x.as_str() == s).count();
+    assert_eq!(
+        count("cache-proxy; fwd=stale; fwd-status=304; stored"),
+        1,
+        "{statuses:#?}"
+    );
+    let collapsed = count("cache-proxy; fwd=stale; fwd-status=304; collapsed");
+    let hits = statuses
+        .iter()
+        .filter(|s| s.starts_with("cache-proxy; hit; ttl="))
+        .count();
+    assert_eq!(1 + collapsed + hits, 20, "{statuses:#?}");
+    let metrics = metrics_of(&front).await;
+    assert_eq!(metric_value(&metrics, "cache_proxy_revalidations_total"), 1);
+    assert_eq!(
+        metric_value(&metrics, "cache_proxy_coalesced_waits_total"),
+        collapsed as u64
+    );
+    assert_eq!(origin.counts("/feed").not_modified, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stale_if_error_says_so_in_cache_status_and_counts_as_stale_served() {
+    init_tracing();
+    let origin = Origin::start(OriginConfig::default()).await;
+    let front = spawn_proxy(&origin).await;
+    let url = front.url("/flaky");
+    client().get(&url).send().await.expect("answer");
+    origin.set_flaky(crate::origin::Flaky::Failing);
+    tokio::time::sleep(Duration::from_millis(3_200)).await;
+    let stale = client().get(&url).send().await.expect("answer");
+    assert_eq!(stale.status(), StatusCode::OK);
+    let status = cache_status(&stale);
+    assert!(
+        status.starts_with("cache-proxy; fwd=stale; ttl=-")
+            && status.ends_with("; detail=stale-if-error"),
+        "{status}"
+    );
+    let metrics = metrics_of(&front).await;
+    assert_eq!(metric_value(&metrics, "cache_proxy_stale_served_total"), 1);
+    assert_eq!(metric_value(&metrics, "cache_proxy_revalidations_total"), 1);
+}
+
+#[tokio::test]
+async fn request_no_cache_revalidates_but_a_fresh_immutable_page_is_used_as_is() {
+    init_tracing();
+    let origin = Origin::start(OriginConfig::default()).await;
+    let front = spawn_proxy(&origin).await;
+    let page = front.url("/feed/archive/1-10");
+    client().get(&page).send().await.expect("answer");
+    for directive in ["no-cache", "max-age=0"] {
+        let again = client()
+            .get(&page)
+            .header("cache-control", directive)
+            .send()
+            .await
+            .expect("answer");
+        assert!(
+            cache_status(&again).contains("; hit"),
+            "{directive}: {}",
+            cache_status(&again)
+        );
+    }
+    assert_eq!(origin.counts("/feed/archive/1-10").requests, 1, "RFC 8246");
+
+    let head = front.url("/feed");
+    client().get(&head).send().await.expect("answer");
+    for (i, directive) in ["no-cache", "max-age=0"].into_iter().enumerate() {
+        let revalidated = client()
+            .get(&head)
+            .header("cache-control", directive)
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(revalidated.status(), StatusCode::OK);
+        assert_eq!(
+            cache_status(&revalidated),
+            "cache-proxy; fwd=request; fwd-status=304; stored",
+            "{directive}"
+        );
+        assert_eq!(origin.counts("/feed").not_modified, i as u64 + 1);
+    }
+    assert_eq!(origin.counts("/feed").full, 1);
+}
+
+#[tokio::test]
+async fn only_if_cached_is_a_504_when_nothing_is_stored_and_no_store_stores_nothing() {
+    init_tracing();
+    let origin = Origin::start(OriginConfig::default()).await;
+    let front = spawn_proxy(&origin).await;
+    let page = front.url("/feed/archive/11-20");
+    let nothing = client()
+        .get(&page)
+        .header("cache-control", "only-if-cached")
+        .send()
+        .await
+        .expect("answer");
+    assert_problem(nothing, 504).await;
+    assert_eq!(origin.counts("/feed/archive/11-20").requests, 0);
+    let unstored = client()
+        .get(&page)
+        .header("cache-control", "no-store")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(unstored.status(), StatusCode::OK);
+    assert!(cache_status(&unstored).contains("detail=request-no-store"));
+    let miss = client().get(&page).send().await.expect("answer");
+    assert!(
+        cache_status(&miss).contains("fwd=uri-miss"),
+        "nothing was stored"
+    );
+    let cached = client()
+        .get(&page)
+        .header("cache-control", "only-if-cached")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(cached.status(), StatusCode::OK);
+    assert!(cache_status(&cached).contains("; hit"));
+    assert_eq!(origin.counts("/feed/archive/11-20").requests, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_stale_while_revalidate_refresh_is_tried_again_after_a_second() {
+    init_tracing();
+    let origin = Origin::start(OriginConfig::default()).await;
+    let front = spawn_proxy(&origin).await;
+    let url = front.url("/flaky");
+    let stored = text(client().get(&url).send().await.expect("answer")).await;
+    origin.set_flaky(crate::origin::Flaky::Failing);
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    // Within stale-while-revalidate: served stale, the refresh fails.
+    let stale = client().get(&url).send().await.expect("answer");
+    assert!(cache_status(&stale).contains("detail=stale-while-revalidate"));
+    let failed_at = Instant::now();
+    let deadline = failed_at + Duration::from_secs(5);
+    while origin.counts("/flaky").requests < 2 {
+        assert!(Instant::now() < deadline, "the refresh ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    origin.set_flaky(crate::origin::Flaky::Healthy);
+    // Right after the failure: no new attempt yet.
+    assert_eq!(
+        text(client().get(&url).send().await.expect("answer")).await,
+        stored
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(origin.counts("/flaky").requests, 2, "backing off");
+    // After the back-off, the next request refreshes it.
+    tokio::time::sleep_until((failed_at + Duration::from_millis(1_100)).into()).await;
+    client().get(&url).send().await.expect("answer");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let body = text(client().get(&url).send().await.expect("answer")).await;
+        if body != stored {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the retried refresh stored a new version"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(origin.counts("/flaky").requests, 3);
+}
+
+#[tokio::test]
+async fn preferences_other_than_wait_do_not_bypass_the_cache() {
+    init_tracing();
+    let origin = Origin::start(OriginConfig::default()).await;
+    let front = spawn_proxy(&origin).await;
+    let page = front.url("/feed/archive/1-10");
+    for prefer in ["return=minimal", "respond-async", "wait=10"] {
+        let response = client()
+            .get(&page)
+            .header("prefer", prefer)
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert_eq!(
+        origin.counts("/feed/archive/1-10").requests,
+        1,
+        "a wait without If-None-Match is not a long poll either"
+    );
+}
+
+#[tokio::test]
+async fn the_forwarded_wait_is_capped_so_an_idle_long_poll_ends_with_304() {
+    init_tracing();
+    let origin = Origin::start(OriginConfig::default()).await;
+    let mut config = proxy_config(&origin);
+    config.max_long_poll = Duration::from_secs(1);
+    config.long_poll_grace = Duration::from_secs(1);
+    let front = spawn_proxy_with(config).await;
+    let url = front.url("/feed");
+    let first = client().get(&url).send().await.expect("answer");
+    let etag = first.headers()[ETAG].clone();
+    let started = Instant::now();
+    let poll = client()
+        .get(&url)
+        .header("if-none-match", etag)
+        .header("prefer", "wait=20")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(poll.status(), StatusCode::NOT_MODIFIED, "not a 504");
+    assert_eq!(poll.headers()["preference-applied"], "wait=1");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_long_polls_share_one_upstream_long_poll_and_store_its_answer() {
+    init_tracing();
+    let origin = Origin::start(OriginConfig::default()).await;
+    let front = spawn_proxy(&origin).await;
+    let url = front.url("/feed");
+    let first = client().get(&url).send().await.expect("answer");
+    let etag = first.headers()[ETAG].to_str().expect("ascii").to_owned();
+    let polls: Vec<_> = (0..50)
+        .map(|_| {
+            let (url, etag) = (url.clone(), etag.clone());
+            tokio::spawn(async move {
+                let response = client()
+                    .get(url)
+                    .header("if-none-match", etag)
+                    .header("prefer", "wait=20")
+                    .send()
+                    .await
+                    .expect("answer");
+                (response.status(), text(response).await)
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting = metric_value(&metrics_of(&front).await, "cache_proxy_long_polls_waiting");
+        if waiting == 50 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{waiting} of 50 long polls held");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(origin.waiting(), 1, "one long poll at the origin");
+    let last = origin.append(1);
+    for poll in polls {
+        let (status, body) = tokio::time::timeout(Duration::from_secs(10), poll)
+            .await
+            .expect("answered after the append")
+            .expect("task");
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains(&format!("<last>{last}</last>")), "{body}");
+    }
+    let metrics = metrics_of(&front).await;
+    assert_eq!(
+        metric_value(&metrics, "cache_proxy_long_polls_forwarded_total"),
+        1
+    );
+    let after = client().get(&url).send().await.expect("answer");
+    assert!(
+        cache_status(&after).contains("; hit"),
+        "the long poll's 200 was stored"
+    );
+    assert!(text(after).await.contains(&format!("<last>{last}</last>")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bytes_buffered_for_concurrent_large_misses_stay_within_the_in_flight_budget() {
+    init_tracing();
+    const BUDGET: u64 = 1 << 20;
+    let origin = Origin::start(OriginConfig::default()).await;
+    let mut config = proxy_config(&origin);
+    config.max_in_flight = cache_proxy::ByteSize(BUDGET);
+    config.capacity = cache_proxy::ByteSize(64 << 20);
+    let front = spawn_proxy_with(config).await;
+    // 32 distinct 512 KiB bodies trickling in at once: 16 MiB if each were
+    // buffered whole.
+    let responses = futures::future::join_all((0..32).map(|i| {
+        let url = front.url(&format!("/trickle/512?i={i}"));
+        async move {
+            let response = client().get(url).send().await.expect("answer");
+            let status = cache_status(&response);
+            (status, response.bytes().await.expect("body").len())
+        }
+    }))
+    .await;
+    let mut streamed = 0;
+    for (status, len) in &responses {
+        assert_eq!(*len, 512 << 10, "{status}");
+        if status.contains("detail=in-flight-limit") {
+            streamed += 1;
+        } else {
+            assert!(status.contains("stored"), "{status}");
+        }
+    }
+    assert!(streamed > 0, "the budget was reached: {responses:?}");
+    let metrics = metrics_of(&front).await;
+    let peak = metric_value(&metrics, "cache_proxy_in_flight_bytes_peak");
+    assert!(peak <= BUDGET, "peak {peak} over the {BUDGET}-byte budget");
+    assert!(peak > BUDGET / 2, "the budget was used: {peak}");
+    assert_eq!(metric_value(&metrics, "cache_proxy_in_flight_bytes"), 0);
+}
+
+#[tokio::test]
+async fn a_credentialed_fill_sends_no_unkeyed_field_upstream() {
+    init_tracing();
+    let origin = Origin::start(OriginConfig::default()).await;
+    let front = spawn_proxy(&origin).await;
+    let url = front.url("/shared-reflect");
+    let attack = client()
+        .get(&url)
+        .header("authorization", "Bearer mallory")
+        .header("x-evil", "evil")
+        .header("user-agent", "evil")
+        .header("x-forwarded-host", "evil.example")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(attack.status(), StatusCode::OK);
+    assert!(
+        cache_status(&attack).contains("stored"),
+        "{}",
+        cache_status(&attack)
+    );
+    let victim = client().get(&url).send().await.expect("answer");
+    assert!(cache_status(&victim).contains("; hit"));
+    let body = text(victim).await;
+    assert!(!body.contains("evil"), "{body}");
+}
+
+#[tokio::test]
+async fn a_stored_response_keeps_the_upstreams_cache_status_members_first() {
+    init_tracing();
+    let origin = Origin::start(OriginConfig::default()).await;
+    let front = spawn_proxy(&origin).await;
+    let url = front.url("/kinds/upstream-status");
+    let miss = client().get(&url).send().await.expect("answer");
+    assert_eq!(
+        cache_status_lines(&miss),
+        [
+            "inner; hit",
+            "cache-proxy; fwd=uri-miss; fwd-status=200; stored"
+        ]
+    );
+    let hit = client().get(&url).send().await.expect("answer");
+    let lines = cache_status_lines(&hit);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0], "inner; hit");
+    assert!(lines[1].starts_with("cache-proxy; hit; ttl="), "{lines:?}");
+}
+
+#[tokio::test]
+async fn the_gateway_answers_healthz_itself_and_refuses_a_route_there() {
+    init_tracing();
+    let origin = Origin::start(OriginConfig::default()).await;
+    let front = spawn_proxy(&origin).await;
+    let health = client()
+        .get(format!("http://{}/healthz", front.addr()))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(health.status(), StatusCode::OK);
+    assert_eq!(health.headers()["cache-control"], "no-store");
+    assert_eq!(origin.counts("/healthz").requests, 0);
+    let route = cache_proxy::Route::new("/healthz", &origin.url()).expect("route");
+    let err = cache_proxy::Proxy::new(cache_proxy::Config::new(vec![route]))
+        .expect_err("reserved")
+        .to_string();
+    assert!(err.contains("/healthz"), "{err}");
+}
+
+#[tokio::test]
+async fn the_binary_reads_its_routes_from_a_config_file_and_reports_a_bad_one_in_one_line() {
+    init_tracing();
+    let origin = Origin::start(OriginConfig::default()).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ncapacity = \"8MiB\"\n\n[routes]\n\"/svc\" = \"{}\"\n",
+            origin.url()
+        ),
+    )
+    .expect("write");
+    let child = Command::new(env!("CARGO_BIN_EXE_cache-proxy"))
+        .arg("--config")
+        .arg(&good)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the binary");
+    let _binary = Binary { child };
+    let url = format!("http://127.0.0.1:{port}/svc/feed");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let response = loop {
+        if let Ok(response) = client().get(&url).send().await {
+            break response;
+        }
+        assert!(Instant::now() < deadline, "the binary starts");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "capacity = \"a lot\"\n").expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_cache-proxy"))
+        .arg("--config")
+        .arg(&bad)
+        .output()
+        .expect("run the binary");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("bad.toml") && stderr.contains("a lot"),
+        "{stderr}"
+    );
 }

@@ -8,7 +8,7 @@ use reqwest::header::{
 };
 
 use crate::harness::{Front, client, raw, text};
-use crate::origin::Origin;
+use crate::origin::{Flaky, Origin};
 
 const PAGE: &str = "/feed/archive/1-10";
 const ATOM: &str = "application/atom+xml";
@@ -364,11 +364,12 @@ pub(crate) async fn poisoning_attempts_never_change_what_other_clients_get(
             ],
         ),
     ];
-    if matches!(front, Front::Proxy(_)) {
-        // cache-proxy forwards only keyed fields on a cache fill; Varnish cannot
-        // drop every unknown header, so only the known ones are tried there.
-        attacks.push(("unkeyed", vec![("x-evil", "evil"), ("user-agent", "evil")]));
-    }
+    // Fields neither front knows by name: a fill forwards only keyed fields.
+    attacks.push(("unkeyed", vec![("x-evil", "evil"), ("user-agent", "evil")]));
+    attacks.push((
+        "unkeyed and prefer",
+        vec![("x-evil", "evil"), ("prefer", "return=evil")],
+    ));
     for (i, (name, headers)) in attacks.iter().enumerate() {
         for path in [format!("/feed?poison={i}"), format!("{PAGE}?poison={i}")] {
             let _ = get(front, &path, headers).await;
@@ -483,4 +484,350 @@ pub(crate) async fn a_missing_page_is_cached_for_at_most_a_second(origin: &Origi
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+pub(crate) async fn a_successful_command_invalidates_the_stored_target_and_its_location(
+    origin: &Origin,
+    front: &Front,
+) {
+    let name = front.name();
+    // PUT on the stored URL itself.
+    let before = text(get(front, "/items/1", &[]).await).await;
+    assert_eq!(before, "item 1 version 1");
+    assert!(
+        front.was_hit(&get(front, "/items/1", &[]).await),
+        "{name}: stored"
+    );
+    let put = client()
+        .put(front.url("/items/1"))
+        .body("{}")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(put.status(), StatusCode::OK);
+    let after = get(front, "/items/1", &[]).await;
+    assert!(!front.was_hit(&after), "{name}: not a stale hit after PUT");
+    assert_eq!(text(after).await, "item 1 version 2", "{name}");
+
+    // A command elsewhere whose Location names the stored URL.
+    assert_eq!(
+        text(get(front, "/items/2", &[]).await).await,
+        "item 2 version 1"
+    );
+    let touch = client()
+        .post(front.url("/items/2/touch"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(touch.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        text(get(front, "/items/2", &[]).await).await,
+        "item 2 version 2",
+        "{name}: the Location was invalidated"
+    );
+
+    // A command on another URL leaves this one alone.
+    assert!(front.was_hit(&get(front, "/items/2", &[]).await));
+    let failed = client()
+        .delete(front.url("/orders"))
+        .send()
+        .await
+        .expect("answer");
+    assert!(failed.status().is_success());
+    assert!(
+        front.was_hit(&get(front, "/items/2", &[]).await),
+        "{name}: a command on another URL leaves this one"
+    );
+    assert_eq!(origin.counts("/items/1").full, 2, "{name}");
+}
+
+pub(crate) async fn responses_that_must_not_be_shared_are_never_stored(
+    origin: &Origin,
+    front: &Front,
+) {
+    let name = front.name();
+    for kind in [
+        "set-cookie",
+        "no-store",
+        "private",
+        "vary-star",
+        "vary-user-agent",
+    ] {
+        let path = format!("/kinds/{kind}");
+        for _ in 0..3 {
+            let response = get(front, &path, &[]).await;
+            assert_eq!(response.status(), StatusCode::OK);
+            assert!(
+                !front.was_hit(&response),
+                "{name}: {kind} served from cache"
+            );
+        }
+        assert_eq!(origin.counts(&path).requests, 3, "{name}: {kind}");
+    }
+}
+
+pub(crate) async fn a_304_that_adds_set_cookie_is_not_kept(origin: &Origin, front: &Front) {
+    let name = front.name();
+    let path = "/kinds/cookie-on-304";
+    let first = get(front, path, &[]).await;
+    assert!(first.headers().get("set-cookie").is_none());
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    // Stale: revalidated; the 304 adds Set-Cookie.
+    let revalidated = get(front, path, &[]).await;
+    assert_eq!(revalidated.status(), StatusCode::OK);
+    assert!(origin.counts(path).not_modified >= 1, "{name}: revalidated");
+    let after = get(front, path, &[]).await;
+    assert!(
+        !front.was_hit(&after),
+        "{name}: the merged response may not be stored"
+    );
+    assert!(
+        after.headers().get("set-cookie").is_none(),
+        "{name}: another client's cookie leaked: {:?}",
+        after.headers().get("set-cookie")
+    );
+}
+
+pub(crate) async fn age_counts_the_upstreams_age_and_the_time_stored(
+    _origin: &Origin,
+    front: &Front,
+) {
+    let name = front.name();
+    let age = |r: &reqwest::Response| -> u64 {
+        r.headers()["age"]
+            .to_str()
+            .expect("ascii")
+            .parse()
+            .expect("number")
+    };
+    let first = get(front, "/kinds/aged", &[]).await;
+    let first_age = age(&first);
+    assert!((30..=32).contains(&first_age), "{name}: Age {first_age}");
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let later = get(front, "/kinds/aged", &[]).await;
+    assert!(front.was_hit(&later), "{name}");
+    let later_age = age(&later);
+    assert!(
+        later_age >= first_age + 2 && later_age <= first_age + 4,
+        "{name}: Age {first_age} then {later_age}"
+    );
+}
+
+pub(crate) async fn a_stale_copy_is_served_when_the_origin_answers_5xx(
+    origin: &Origin,
+    front: &Front,
+) {
+    let name = front.name();
+    let stored = text(get(front, "/flaky", &[]).await).await;
+    origin.set_flaky(Flaky::Failing);
+    // Past max-age=1 and stale-while-revalidate=2, within stale-if-error=60.
+    tokio::time::sleep(Duration::from_millis(3_200)).await;
+    for _ in 0..3 {
+        let response = get(front, "/flaky", &[]).await;
+        assert_eq!(response.status(), StatusCode::OK, "{name}");
+        assert_eq!(text(response).await, stored, "{name}");
+    }
+    assert!(
+        origin.counts("/flaky").requests >= 2,
+        "{name}: the origin was asked"
+    );
+    origin.set_flaky(Flaky::Healthy);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = text(get(front, "/flaky", &[]).await).await;
+        if body != stored {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{name}: recovers");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub(crate) async fn a_stale_copy_is_served_when_the_origin_is_too_slow(
+    origin: &Origin,
+    front: &Front,
+) {
+    let name = front.name();
+    let stored = text(get(front, "/flaky", &[]).await).await;
+    origin.set_flaky(Flaky::Slow);
+    tokio::time::sleep(Duration::from_millis(3_200)).await;
+    // Several clients at once: none waits for the 10 s origin, nor in line
+    // behind another's attempt.
+    let started = Instant::now();
+    let responses = futures::future::join_all((0..10).map(|_| get(front, "/flaky", &[]))).await;
+    let elapsed = started.elapsed();
+    for response in responses {
+        assert_eq!(response.status(), StatusCode::OK, "{name}");
+        assert_eq!(text(response).await, stored, "{name}");
+    }
+    assert!(
+        elapsed < Duration::from_secs(8),
+        "{name}: stale copies took {elapsed:?} (origin answers after 10 s)"
+    );
+    origin.set_flaky(Flaky::Healthy);
+}
+
+pub(crate) async fn a_failed_background_refresh_keeps_the_stale_copy(
+    origin: &Origin,
+    front: &Front,
+) {
+    let name = front.name();
+    let stored = text(get(front, "/flaky", &[]).await).await;
+    origin.set_flaky(Flaky::Failing);
+    // Past max-age=1, within stale-while-revalidate=2: served stale while a
+    // background refresh fails.
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let before = origin.counts("/flaky").requests;
+    assert_eq!(
+        text(get(front, "/flaky", &[]).await).await,
+        stored,
+        "{name}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while origin.counts("/flaky").requests == before {
+        assert!(
+            Instant::now() < deadline,
+            "{name}: the background refresh ran"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let after = get(front, "/flaky", &[]).await;
+    assert_eq!(
+        after.status(),
+        StatusCode::OK,
+        "{name}: the failure did not replace it"
+    );
+    assert_eq!(text(after).await, stored, "{name}");
+    origin.set_flaky(Flaky::Healthy);
+}
+
+pub(crate) async fn an_origin_error_is_kept_a_second_at_most_and_coalescing_resumes(
+    origin: &Origin,
+    front: &Front,
+) {
+    let name = front.name();
+    let path = "/recovering/1";
+    let failed = get(front, path, &[]).await;
+    assert_eq!(failed.status(), StatusCode::INTERNAL_SERVER_ERROR, "{name}");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let client = client();
+    let url = front.url(path);
+    let requests = (0..200).map(|_| {
+        let (client, url) = (client.clone(), url.clone());
+        tokio::spawn(async move { client.get(&url).send().await.expect("answer").status() })
+    });
+    for status in futures::future::join_all(requests).await {
+        assert_eq!(status.expect("task"), StatusCode::OK, "{name}");
+    }
+    assert_eq!(
+        origin.counts(path).full,
+        1,
+        "{name}: 200 concurrent requests after the error made one origin request"
+    );
+}
+
+pub(crate) async fn no_spelling_of_a_target_fills_an_entry_another_target_is_served_from(
+    _origin: &Origin,
+    front: &Front,
+) {
+    let name = front.name();
+    // Pairs that a careless cache might confuse; each is requested first, then
+    // all of them again, and every answer must be the origin's answer for a
+    // target equivalent to the one asked (RFC 3986 section 6.2.2).
+    let targets = [
+        "/echo/a/b",
+        "/echo/a%2Fb",
+        "/echo/a%2fb",
+        "/echo//a/b",
+        "/echo/A/b",
+        "/echo/%41/b",
+        "/echo/~x",
+        "/echo/%7Ex",
+        "/echo?a=1&b=2",
+        "/echo?b=2&a=1",
+        "/echo?a=%2f",
+        "/echo?a=%2F",
+        "/echo/x;y",
+        "/echo/x%3By",
+    ];
+    let mut answers = Vec::new();
+    for round in 0..2 {
+        for target in targets {
+            let raw_response = raw(
+                front.addr(),
+                &format!(
+                    "GET {} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+                    front.target(target)
+                ),
+            )
+            .await;
+            assert!(
+                raw_response.starts_with("HTTP/1.1 200"),
+                "{name}: {target}: {raw_response}"
+            );
+            let seen = raw_response
+                .rsplit("origin saw ")
+                .next()
+                .expect("echo body")
+                .trim()
+                .to_owned();
+            assert_eq!(
+                equivalent(&seen),
+                equivalent(target),
+                "{name} round {round}: asked {target}, got the answer for {seen}"
+            );
+            answers.push((target, seen));
+        }
+    }
+    // Dot segments and backslashes are refused by both fronts.
+    for target in [
+        "/echo/a/../b",
+        "/echo/%2e%2e/b",
+        "/echo/./b",
+        "/echo/a\\b",
+        "/echo/%zz",
+    ] {
+        let response = raw(
+            front.addr(),
+            &format!(
+                "GET {} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+                front.target(target)
+            ),
+        )
+        .await;
+        assert!(
+            response.starts_with("HTTP/1.1 400"),
+            "{name}: {target}: {response}"
+        );
+        assert!(
+            response.contains("application/problem+json"),
+            "{name}: {target}"
+        );
+    }
+}
+
+/// A target in RFC 3986 normal form: hex digits upper case, unreserved
+/// characters decoded.
+fn equivalent(target: &str) -> String {
+    let bytes = target.as_bytes();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(hex) = target.get(i + 1..i + 3)
+            && let Ok(b) = u8::from_str_radix(hex, 16)
+        {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                out.push(char::from(b));
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+            i += 3;
+        } else {
+            out.push(char::from(bytes[i]));
+            i += 1;
+        }
+    }
+    out
 }
