@@ -15,10 +15,14 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+/// An exchange in flight: its id (so only it removes its own key) and a handle
+/// on its outcome, from which waiters subscribe.
+type Running<V> = (u64, watch::Receiver<Option<V>>);
+
 /// Exchanges in flight, by key.
 #[derive(Debug)]
 pub(crate) struct Flights<K, V> {
-    running: Mutex<HashMap<K, (u64, watch::Receiver<Option<V>>)>>,
+    running: Mutex<HashMap<K, Running<V>>>,
     next_id: AtomicU64,
     /// Tickets alive: requests waiting for (or about to read) an outcome.
     waiting: Arc<AtomicUsize>,

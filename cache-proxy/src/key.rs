@@ -319,7 +319,7 @@ mod tests {
                 .map(|(media, q, param)| {
                     let mut item = media.clone();
                     if let Some(param) = param {
-                        item.push_str(";");
+                        item.push(';');
                         item.push_str(param);
                     }
                     if let Some(q) = q {

@@ -441,9 +441,12 @@ impl Proxy {
         let ticket = match self.fill_ticket(&key, &url, None, || cache.contains_key(&key)) {
             Some(ticket) => ticket,
             None => {
-                // A fill stored the entry between our lookup and now.
-                if let Some(entry) = cache.get(&key).await {
-                    let now = SystemTime::now();
+                // A fill stored the entry between our lookup and now; use it
+                // if it may be used as is, otherwise fetch anew.
+                let now = SystemTime::now();
+                if let Some(entry) = cache.get(&key).await
+                    && entry.reuse(now) == Reuse::Fresh
+                {
                     self.inner.metrics.hits.inc();
                     let ttl = rules::ttl_seconds(&entry.freshness, entry.age(now));
                     return Ok(answer(&entry, parts, CacheStatus::hit(ttl), now));

