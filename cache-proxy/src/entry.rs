@@ -44,7 +44,8 @@ impl Entry {
     ) -> Entry {
         headers.remove(header::AGE);
         let cc = CacheControl::from_values(headers.get_all(header::CACHE_CONTROL));
-        let freshness = rules::freshness(&cc, &headers, ages.response_time);
+        let freshness =
+            rules::limit_for_status(rules::freshness(&cc, &headers, ages.response_time), status);
         let initial_age = rules::corrected_initial_age(ages);
         let retention = rules::retention(
             &freshness,

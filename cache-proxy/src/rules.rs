@@ -166,6 +166,27 @@ pub(crate) fn freshness(
     }
 }
 
+/// The longest a 404 is used (DESIGN.md section 4: a page that does not exist
+/// yet will exist soon, so it must not be cached for minutes, whatever the
+/// upstream says; Varnish's VCL applies the same cap).
+pub(crate) const NOT_FOUND_LIFETIME: Duration = Duration::from_secs(1);
+
+/// Policy on top of RFC 9111 (which lets a cache use less freshness than it
+/// is given): a 404 is fresh for [`NOT_FOUND_LIFETIME`] at most and never
+/// served stale.
+pub(crate) fn limit_for_status(f: Freshness, status: StatusCode) -> Freshness {
+    if status == StatusCode::NOT_FOUND {
+        Freshness {
+            lifetime: f.lifetime.min(NOT_FOUND_LIFETIME),
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            immutable: false,
+        }
+    } else {
+        f
+    }
+}
+
 /// RFC 9111 section 4.2.1: `Expires` minus `Date`; an invalid Expires (5.3: "e.g.
 /// the value 0") means already expired.
 fn expires_lifetime(headers: &HeaderMap, response_time: SystemTime) -> Duration {
@@ -783,5 +804,20 @@ mod tests {
                 "{values:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_404_is_fresh_for_a_second_at_most_and_never_stale() {
+        let f = freshness(
+            &cc("max-age=600, stale-while-revalidate=60, stale-if-error=600, immutable"),
+            &HeaderMap::new(),
+            SystemTime::UNIX_EPOCH,
+        );
+        let limited = limit_for_status(f, StatusCode::NOT_FOUND);
+        assert_eq!(limited.lifetime, NOT_FOUND_LIFETIME);
+        assert_eq!(limited.stale_while_revalidate, Duration::ZERO);
+        assert_eq!(limited.stale_if_error, Duration::ZERO);
+        assert!(!limited.immutable);
+        assert_eq!(limit_for_status(f, StatusCode::OK), f);
     }
 }

@@ -71,6 +71,7 @@ both_fronts! {
     a_failed_background_refresh_keeps_the_stale_copy: OriginConfig::default();
     an_origin_error_is_kept_a_second_at_most_and_coalescing_resumes: OriginConfig::default();
     no_spelling_of_a_target_fills_an_entry_another_target_is_served_from: OriginConfig::default();
+    a_404_is_kept_a_second_at_most_whatever_it_says: OriginConfig::default();
 }
 
 /// `TEST_LOG=1` prints the gateway's logs.

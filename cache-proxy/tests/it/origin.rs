@@ -656,6 +656,14 @@ async fn kind(
         "aged" => {
             h.insert(header::AGE, HeaderValue::from_static("30"));
         }
+        "missing-for-long" => {
+            *response.status_mut() = StatusCode::NOT_FOUND;
+            let h = response.headers_mut();
+            h.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("max-age=600, stale-if-error=600"),
+            );
+        }
         "upstream-status" => {
             h.insert("cache-status", HeaderValue::from_static("inner; hit"));
         }

@@ -831,3 +831,19 @@ fn equivalent(target: &str) -> String {
     }
     out
 }
+
+pub(crate) async fn a_404_is_kept_a_second_at_most_whatever_it_says(
+    origin: &Origin,
+    front: &Front,
+) {
+    let name = front.name();
+    let path = "/kinds/missing-for-long";
+    assert_eq!(get(front, path, &[]).await.status(), StatusCode::NOT_FOUND);
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    assert_eq!(get(front, path, &[]).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        origin.counts(path).requests,
+        2,
+        "{name}: max-age=600 on a 404 is cut to 1 s"
+    );
+}
