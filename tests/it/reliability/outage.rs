@@ -1,0 +1,1 @@
+//! Origin outages behind the cache-proxy.
