@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{Peek, Proc, binary, knob, log_digest, rng};
+use super::{Peek, Proc, append_jsonl, binary, knob, log_digest, rng, uuid};
 
 /// How the kills went.
 #[derive(Debug, Default)]
@@ -85,38 +85,6 @@ async fn kill_repeatedly(
 
 async fn progress(peek: &mut Peek, sql: &'static str) -> u64 {
     peek.scalar(sql).await.map_or(0, |p| p.max(0) as u64)
-}
-
-fn feedctl(args: &[&str]) {
-    let out = Command::new(binary("feedctl"))
-        .args(args)
-        .output()
-        .expect("run feedctl");
-    assert!(
-        out.status.success(),
-        "feedctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn uuid(rng: &mut fastrand::Rng) -> uuid::Uuid {
-    let mut bytes = [0u8; 16];
-    rng.fill(&mut bytes);
-    uuid::Builder::from_random_bytes(bytes).into_uuid()
-}
-
-/// Appends `lines` (JSON values) to the log at `db` with `feedctl append --jsonl`.
-fn append_jsonl(dir: &Path, db: &str, lines: &[serde_json::Value]) {
-    let file = dir.join("events.jsonl");
-    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    std::fs::write(&file, text).expect("write the events");
-    feedctl(&[
-        "append",
-        "--database-url",
-        db,
-        "--jsonl",
-        &file.display().to_string(),
-    ]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -333,3 +333,114 @@ fn canonical(json: &str) -> String {
         .map(|v| v.to_string())
         .unwrap_or_else(|e| panic!("stored JSON does not parse ({e}): {json}"))
 }
+
+/// Runs `feedctl` to completion; it must succeed.
+fn feedctl(args: &[&str]) {
+    let out = Command::new(binary("feedctl"))
+        .args(args)
+        .output()
+        .expect("run feedctl");
+    assert!(
+        out.status.success(),
+        "feedctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A UUID from the seeded generator, so a run with the same seed repeats it.
+pub(crate) fn uuid(rng: &mut fastrand::Rng) -> uuid::Uuid {
+    let mut bytes = [0u8; 16];
+    rng.fill(&mut bytes);
+    uuid::Builder::from_random_bytes(bytes).into_uuid()
+}
+
+/// Appends `lines` (JSON values) to the log at `db` with `feedctl append --jsonl`
+/// (the file is written into `dir`).
+pub(crate) fn append_jsonl(dir: &Path, db: &str, lines: &[serde_json::Value]) {
+    let file = dir.join("events.jsonl");
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&file, text).expect("write the events");
+    feedctl(&[
+        "append",
+        "--database-url",
+        db,
+        "--jsonl",
+        &file.display().to_string(),
+    ]);
+}
+
+/// A subscriber's handler that writes down every event it applies, in the order it
+/// applies them. The table has no uniqueness constraint on purpose: an event applied
+/// twice shows up as two rows instead of being absorbed.
+pub(crate) struct Recorder;
+
+impl feed::Handler for Recorder {
+    fn handle<'a>(
+        &'a self,
+        tx: &'a mut sqlx::AnyConnection,
+        e: &'a feed::Event,
+    ) -> futures::future::BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            sqlx::query("INSERT INTO applied (position, id, data) VALUES ($1, $2, $3)")
+                .bind(e.position as i64)
+                .bind(e.id.to_string())
+                .bind(e.data.to_string())
+                .execute(&mut *tx)
+                .await?;
+            Ok(())
+        })
+    }
+}
+
+/// A fresh SQLite database for a [`Recorder`] subscriber.
+pub(crate) async fn recorder_db(path: &Path) -> feed::Database {
+    let db = feed::Database::connect(&path.display().to_string())
+        .await
+        .expect("open the subscriber's database");
+    db.migrate(&feed::db::FEED_MIGRATIONS)
+        .await
+        .expect("migrate");
+    sqlx::query(
+        "CREATE TABLE applied (seq INTEGER PRIMARY KEY AUTOINCREMENT, position BIGINT NOT NULL, \
+         id TEXT NOT NULL, data TEXT NOT NULL)",
+    )
+    .execute(db.pool())
+    .await
+    .expect("create the table");
+    db
+}
+
+/// What a [`Recorder`] applied, in order: (position, id, canonical data).
+pub(crate) async fn recorded(db: &feed::Database) -> Vec<(i64, String, String)> {
+    let rows: Vec<(i64, String, String)> =
+        sqlx::query_as("SELECT position, id, data FROM applied ORDER BY seq")
+            .fetch_all(db.pool())
+            .await
+            .expect("read what was applied");
+    rows.into_iter()
+        .map(|(p, id, data)| (p, id, canonical(&data)))
+        .collect()
+}
+
+/// The log's events as a [`Recorder`] would have them: (position, id, canonical data).
+pub(crate) async fn log_rows(db: &feed::Database) -> Vec<(i64, String, String)> {
+    let rows: Vec<(i64, String, String)> =
+        sqlx::query_as("SELECT position, id, data FROM feed_events ORDER BY position")
+            .fetch_all(db.pool())
+            .await
+            .expect("read the log");
+    rows.into_iter()
+        .map(|(p, id, data)| (p, id, canonical(&data)))
+        .collect()
+}
+
+/// The positions in `applied` that break "each position once, in order, from 1".
+pub(crate) fn out_of_order(applied: &[(i64, String, String)]) -> Vec<String> {
+    applied
+        .iter()
+        .enumerate()
+        .filter(|(i, row)| row.0 != *i as i64 + 1)
+        .take(5)
+        .map(|(i, row)| format!("#{} applied position {}", i + 1, row.0))
+        .collect()
+}
