@@ -1,8 +1,6 @@
-//! The HTML variants of the feed resources: negotiation, caching headers, escaping
-//! (over real sockets), and the pages in a real headless Chromium (`browser`).
-
-mod browser;
-mod webdriver;
+//! The HTML variants of the feed resources: negotiation, caching headers, escaping,
+//! over real sockets. The pages in a real headless Chromium are tested on the running
+//! retail system (the workspace's `tests/it/browser.rs`).
 
 use feed::event::{EventType, NewEvent, StreamId};
 use feed::store::{EventLog, Expected};

@@ -64,8 +64,18 @@ impl Shipper {
             "ProductDeleted" => {
                 let e: ProductDeleted = data(event)?;
                 store::take_turn(tx).await?;
-                store::mark_deleted(tx, e.product_id).await?;
-                Ok(None)
+                match (&e.name, e.weight_grams) {
+                    // The product as it was: a shipment still waiting for it can ship.
+                    (Some(name), Some(weight_grams)) => {
+                        store::upsert_product(tx, e.product_id, name, weight_grams).await?;
+                        store::mark_deleted(tx, e.product_id).await?;
+                        Ok(Some(e.product_id))
+                    }
+                    _ => {
+                        store::mark_deleted(tx, e.product_id).await?;
+                        Ok(None)
+                    }
+                }
             }
             _ => Ok(None),
         }

@@ -5,4 +5,5 @@
 mod support;
 
 mod bad_commands;
+mod hostile;
 mod products;

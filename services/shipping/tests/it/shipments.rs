@@ -217,7 +217,8 @@ async fn a_product_deleted_from_the_catalog_is_still_named_on_slips_of_goods_alr
         .append(
             &format!("product-{vase}"),
             "ProductDeleted",
-            json!({"product_id": vase}),
+            json!({"product_id": vase, "name": "Vase", "description": "", "pictures": [],
+                   "weight_grams": 800, "size_mm": {"l": 10, "w": 10, "h": 10}}),
         )
         .await;
     let app = system.start().await;
