@@ -445,7 +445,8 @@ async fn replace(
     let id = parse_id(&id)?;
     let precondition = if_match(&headers)?;
     let view = update(&s, input.validate(id)?, &precondition).await?;
-    Ok(respond(StatusCode::OK, &view, None))
+    let location = format!("{}/products/{id}", s.feed.base_url());
+    Ok(respond(StatusCode::OK, &view, Some(location)))
 }
 
 async fn remove(
