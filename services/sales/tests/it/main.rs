@@ -5,6 +5,7 @@
 mod support;
 
 mod bad_commands;
+mod crash;
 mod hostile;
 mod orders;
 mod restart;
