@@ -7,3 +7,4 @@ mod support;
 mod bad_commands;
 mod hostile;
 mod products;
+mod secrets;

@@ -8,5 +8,6 @@ mod bad_commands;
 mod crash;
 mod hostile;
 mod orders;
+mod outage;
 mod restart;
 mod smtp;
