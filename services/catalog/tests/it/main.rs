@@ -6,5 +6,6 @@ mod support;
 
 mod bad_commands;
 mod hostile;
+mod postgres;
 mod products;
 mod secrets;

@@ -9,5 +9,6 @@ mod crash;
 mod hostile;
 mod orders;
 mod outage;
+mod postgres;
 mod restart;
 mod smtp;
