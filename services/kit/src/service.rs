@@ -157,6 +157,8 @@ async fn plain_errors_as_problems(r: axum::response::Response) -> axum::response
     if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
         return axum::response::IntoResponse::into_response(crate::ApiError::TooLarge);
     }
+    // A 405 must keep naming the methods the resource has (RFC 9110 15.5.6).
+    let allow = r.headers().get(axum::http::header::ALLOW).cloned();
     let text = axum::body::to_bytes(r.into_body(), 4096)
         .await
         .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
@@ -166,7 +168,13 @@ async fn plain_errors_as_problems(r: axum::response::Response) -> axum::response
     } else {
         text
     };
-    crate::error::problem(status, &detail, None)
+    let mut problem = crate::error::problem(status, &detail, None);
+    if let Some(allow) = allow {
+        problem
+            .headers_mut()
+            .insert(axum::http::header::ALLOW, allow);
+    }
+    problem
 }
 
 #[derive(Debug, Clone)]

@@ -68,6 +68,13 @@ async fn refused_commands_answer_problem_json_and_append_nothing() {
     let r = app.send(Method::GET, "/products/not-a-uuid", None).await;
     assert_problem(&r, StatusCode::NOT_FOUND, None);
 
+    // A method the resource does not have: problem+json that still names the others.
+    let r = app
+        .send(Method::PATCH, &format!("/products/{id}"), Some(kettle()))
+        .await;
+    assert_problem(&r, StatusCode::METHOD_NOT_ALLOWED, None);
+    assert!(r.header("allow").contains("PUT"), "{:?}", r.headers);
+
     // JSON sent as something else is refused by media type, not parsed.
     for content_type in [
         None,
