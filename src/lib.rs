@@ -1,13 +1,18 @@
 //! The whole retail system in one process: the six services of the seed article,
-//! each with its own SQLite database, behind the caching gateway.
+//! each with its own SQLite database (or its own PostgreSQL database on one server),
+//! behind the caching gateway.
 //!
 //! Every service listens on a private loopback port; the gateway (`cache-proxy`)
 //! mounts them at `/catalog`, `/sales`, `/billing`, `/fulfilment`, `/shipping` and
-//! `/loyalty` and serves a landing page at `/`. Services subscribe to each other's
-//! feeds through the gateway's public URLs, exactly as separate deployments would,
-//! so the gateway's cache carries the feed reads.
+//! `/loyalty` and serves a landing page at `/` and an order view at
+//! `/orders/{order_id}`. Services subscribe to each other's feeds through the
+//! gateway's public URLs, exactly as separate deployments would, so the gateway's
+//! cache carries the feed reads. A service can also be left out (`--skip`) or run
+//! elsewhere as its own binary (`--external name=url`: the gateway routes to it).
 //!
-//! Layout: this file only (configuration, wiring, start-up and shutdown).
+//! Layout:
+//! - this file: configuration, wiring, start-up and shutdown, the start-up text.
+//! - `web`: the gateway's own pages: the landing page and the order view.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,6 +21,8 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+mod web;
 
 /// The services, in the order they start (producers before their followers).
 pub const SERVICES: [&str; 6] = [
@@ -27,8 +34,39 @@ pub const SERVICES: [&str; 6] = [
     "loyalty",
 ];
 
+/// A service run outside this process (`--external shipping=http://127.0.0.1:8095`):
+/// the gateway routes its prefix there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct External {
+    /// One of [`SERVICES`].
+    pub name: String,
+    /// Where it listens, e.g. `http://127.0.0.1:8095`.
+    pub url: String,
+}
+
+impl std::str::FromStr for External {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, url) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?} is not NAME=URL"))?;
+        if !SERVICES.contains(&name) {
+            return Err(format!(
+                "{name:?} is no service; the services are {}",
+                SERVICES.join(", ")
+            ));
+        }
+        url::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+        Ok(Self {
+            name: name.to_owned(),
+            url: url.trim_end_matches('/').to_owned(),
+        })
+    }
+}
+
 /// Settings of the all-in-one system.
-#[derive(Debug, Clone, clap::Parser)]
+#[derive(Clone, clap::Parser)]
 #[command(
     name = "retail",
     version,
@@ -52,12 +90,57 @@ pub struct Config {
     pub page_size: Option<u64>,
     /// PostgreSQL server for every service instead of SQLite files, e.g.
     /// `postgres://postgres@127.0.0.1:5432`: service `sales` uses database
-    /// `retail_sales` there (create them first: `createdb retail_sales` ...).
-    #[arg(long, env = "POSTGRES_URL")]
+    /// `retail_sales` there (create them first: `createdb retail_sales` ...). A query
+    /// string (`?sslmode=require`) applies to every database.
+    #[arg(long, env = "POSTGRES_URL", hide_env_values = true)]
     pub postgres_url: Option<String>,
     /// Services not to start (e.g. `--skip loyalty` to start it late, alone).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(SERVICES))]
     pub skip: Vec<String>,
+    /// Services that run elsewhere, as `NAME=URL` (e.g. `shipping=http://127.0.0.1:8095`):
+    /// not started here, but mounted on the gateway. Start such a service with
+    /// `--base-url <gateway>/NAME` and the gateway's feed URLs.
+    #[arg(long, value_delimiter = ',')]
+    pub external: Vec<External>,
+    /// Sales sends confirmation emails through this SMTP server (`smtp://host:port`,
+    /// `smtps://user:pass@host`). Default: `.eml` files in `<data-dir>/mail/`.
+    #[arg(long, env = "SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<String>,
+    /// The sender of confirmation emails.
+    #[arg(
+        long,
+        env = "MAIL_FROM",
+        default_value = "Retail Sales <sales@retail.example>"
+    )]
+    pub mail_from: String,
+    /// Billing's credit limit for customers without an account, in cents.
+    #[arg(long, env = "DEFAULT_CREDIT_LIMIT_CENTS", default_value_t = 100_000)]
+    pub default_credit_limit_cents: u64,
+}
+
+/// Written by hand so that the token and passwords never reach a log line.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("api_token", &self.api_token.as_ref().map(|_| "<redacted>"))
+            .field("cache_capacity", &self.cache_capacity)
+            .field("page_size", &self.page_size)
+            .field(
+                "postgres_url",
+                &self.postgres_url.as_deref().map(kit::redact_url),
+            )
+            .field("skip", &self.skip)
+            .field("external", &self.external)
+            .field("smtp_url", &self.smtp_url.as_deref().map(kit::redact_url))
+            .field("mail_from", &self.mail_from)
+            .field(
+                "default_credit_limit_cents",
+                &self.default_credit_limit_cents,
+            )
+            .finish()
+    }
 }
 
 impl Config {
@@ -71,22 +154,79 @@ impl Config {
             page_size: None,
             postgres_url: None,
             skip: Vec::new(),
+            external: Vec::new(),
+            smtp_url: None,
+            mail_from: "Retail Sales <sales@retail.example>".into(),
+            default_credit_limit_cents: 100_000,
         }
+    }
+
+    /// The services the gateway mounts (every one not skipped), in start order.
+    pub fn mounted(&self) -> Vec<&'static str> {
+        SERVICES
+            .into_iter()
+            .filter(|s| !self.skip.iter().any(|k| k == s))
+            .collect()
+    }
+
+    fn external(&self, name: &str) -> Option<&External> {
+        self.external.iter().find(|e| e.name == name)
+    }
+
+    /// Refuses settings that name services that do not exist, or one both skipped
+    /// and external (the command line checks this too; library callers may not).
+    fn check(&self) -> anyhow::Result<()> {
+        for name in &self.skip {
+            anyhow::ensure!(
+                SERVICES.contains(&name.as_str()),
+                "--skip {name}: no such service; the services are {}",
+                SERVICES.join(", ")
+            );
+        }
+        for e in &self.external {
+            anyhow::ensure!(
+                SERVICES.contains(&e.name.as_str()),
+                "--external {}: no such service",
+                e.name
+            );
+            anyhow::ensure!(
+                !self.skip.contains(&e.name),
+                "{} is both skipped and external",
+                e.name
+            );
+        }
+        Ok(())
     }
 }
 
+/// The database URL of service `name` on the PostgreSQL `server`: the server's URL
+/// with the path `/retail_<name>`, keeping credentials and any query string.
+pub fn postgres_database_url(server: &str, name: &str) -> anyhow::Result<String> {
+    let mut url = url::Url::parse(server)
+        .with_context(|| format!("--postgres-url {:?} is not a URL", kit::redact_url(server)))?;
+    anyhow::ensure!(
+        url.has_host(),
+        "--postgres-url {:?} names no host",
+        kit::redact_url(server)
+    );
+    url.set_path(&format!("/retail_{name}"));
+    Ok(url.to_string())
+}
+
 /// The arguments every service gets: its own database under the data folder, its
-/// public base URL on the gateway, the shared token.
-fn service_args(config: &Config, gateway: &str, name: &str) -> kit::ServiceArgs {
+/// public base URL on the gateway, the shared token, the landing page.
+fn service_args(config: &Config, gateway: &str, name: &str) -> anyhow::Result<kit::ServiceArgs> {
     let mut args = kit::ServiceArgs::new(&config.data_dir);
     args.base_url = Some(format!("{gateway}/{name}"));
+    args.home_url = Some(format!("{gateway}/"));
     args.api_token = config.api_token.clone();
     args.page_size = config.page_size;
     args.database_url = config
         .postgres_url
-        .as_ref()
-        .map(|server| format!("{}/retail_{name}", server.trim_end_matches('/')));
-    args
+        .as_deref()
+        .map(|server| postgres_database_url(server, name))
+        .transpose()?;
+    Ok(args)
 }
 
 /// Runs every service and the gateway on `listener` until `shutdown` is cancelled.
@@ -96,14 +236,16 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    config.check()?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
     let gateway = format!("http://{}", listener.local_addr()?);
     let feed = |name: &str| format!("{gateway}/{name}/feed");
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
     let mut routes = Vec::new();
-    for name in SERVICES {
-        if config.skip.iter().any(|s| s == name) {
+    for name in config.mounted() {
+        if let Some(external) = config.external(name) {
+            routes.push(cache_proxy::Route::new(&format!("/{name}"), &external.url)?);
             continue;
         }
         let service_listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -111,7 +253,7 @@ pub async fn run(
             &format!("/{name}"),
             &format!("http://{}", service_listener.local_addr()?),
         )?);
-        let args = service_args(&config, &gateway, name);
+        let args = service_args(&config, &gateway, name)?;
         let token = shutdown.clone();
         match name {
             "catalog" => {
@@ -124,11 +266,14 @@ pub async fn run(
             "sales" => {
                 let mut c = sales::Config::new(&config.data_dir, feed("catalog"));
                 c.args = args;
+                c.smtp_url = config.smtp_url.clone();
+                c.mail_from = config.mail_from.clone();
                 tasks.spawn(sales::run(c, service_listener, token));
             }
             "billing" => {
                 let mut c = billing::Config::new(&config.data_dir, feed("sales"));
                 c.args = args;
+                c.default_credit_limit_cents = config.default_credit_limit_cents;
                 tasks.spawn(billing::run(c, service_listener, token));
             }
             "fulfilment" => {
@@ -165,19 +310,8 @@ pub async fn run(
     // service that closes the connection on an early 413.
     proxy_config.max_body_size = cache_proxy::ByteSize(kit::MAX_BODY_BYTES as u64);
     let proxy = cache_proxy::Proxy::new(proxy_config)?;
-    let services: Vec<(String, String)> = SERVICES
-        .iter()
-        .filter(|s| !config.skip.iter().any(|k| k == *s))
-        .map(|s| (s.to_string(), format!("{gateway}/{s}")))
-        .collect();
-    let app = cache_proxy::router(proxy).route(
-        "/",
-        axum::routing::get(
-            move |query: axum::extract::Query<LandingQuery>, headers: axum::http::HeaderMap| {
-                landing(services.clone(), query.0, headers)
-            },
-        ),
-    );
+    let site = web::Site::new(&gateway, &config.mounted());
+    let app = web::routes(site).merge(cache_proxy::router(proxy));
     let gateway_shutdown = shutdown.clone();
     tasks.spawn(async move {
         cache_proxy::serve_router(listener, app, gateway_shutdown.cancelled_owned()).await?;
@@ -195,36 +329,147 @@ pub async fn run(
     first_error.map_or(Ok(()), Err)
 }
 
-/// `?order=<id>` on the landing page: follow one order across the services.
-#[derive(Debug, serde::Deserialize)]
-struct LandingQuery {
-    order: Option<String>,
+/// What `cargo run` prints once the gateway listens at `gateway`: the URLs of the
+/// services it mounts and commands to place an order and watch it flow.
+///
+/// The commands are meant to be pasted into a POSIX shell as they are: the first one
+/// keeps the new product's id in `$P` for the next two. With a token configured they
+/// send `Authorization: Bearer $RETAIL_API_TOKEN`; `token_in_env` says whether the
+/// token came from that variable (then the shell that started the system has it),
+/// otherwise the text says to export it first. The token itself is never printed.
+pub fn startup_text(config: &Config, gateway: &str, token_in_env: bool) -> String {
+    let mounted = config.mounted();
+    let has = |s: &str| mounted.contains(&s);
+    let mut out = format!(
+        "retail system up at {gateway}/  (data in {})\n\n",
+        config.data_dir.display()
+    );
+    out.push_str(&format!(
+        "services: {}\n",
+        mounted
+            .iter()
+            .map(|s| format!("{gateway}/{s}/"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    ));
+    if let Some(first) = mounted.first() {
+        out.push_str(&format!(
+            "feeds:    {gateway}/<service>/feed   (open them in a browser, or: cargo run -p feed --bin feedctl -- tail --follow {gateway}/{first}/feed)\n"
+        ));
+    }
+    if !(has("catalog") && has("sales")) {
+        out.push_str("\n(the example order needs catalog and sales, which are not started here)\n");
+        return out;
+    }
+    let auth = if config.api_token.is_some() {
+        " -H \"Authorization: Bearer $RETAIL_API_TOKEN\""
+    } else {
+        ""
+    };
+    out.push_str("\ntry it:\n");
+    if config.api_token.is_some() && !token_in_env {
+        out.push_str("  export RETAIL_API_TOKEN=...   # the token given to --api-token: the commands send it\n");
+    }
+    out.push_str(&format!(
+        r#"  P=$(curl -s{auth} -H 'content-type: application/json' {gateway}/catalog/products \
+       -d '{{"name":"Teapot","description":"Cast iron, 1 l","pictures":[],"weight_grams":1200,"size_mm":{{"l":200,"w":150,"h":120}}}}' \
+       | sed -E 's/.*"product_id":"([^"]+)".*/\1/'); echo "product $P"
+  # sales learns of the product from the catalog's feed within a second, then:
+  curl -si{auth} -X PUT -H 'content-type: application/json' {gateway}/sales/prices/$P -d '{{"unit_price_cents":2500,"currency":"EUR"}}'
+  curl -si{auth} -H 'content-type: application/json' {gateway}/sales/orders \
+       -d '{{"customer_id":"alice","email":"alice@example.com","lines":[{{"product_id":"'$P'","quantity":2}}]}}'
+"#
+    ));
+    let flow: Vec<String> = [
+        ("sales", "sales/feed"),
+        ("billing", "billing/feed"),
+        ("fulfilment", "fulfilment/feed"),
+        ("shipping", "shipping/feed"),
+        ("loyalty", "loyalty/customers/alice"),
+    ]
+    .into_iter()
+    .filter(|(s, _)| has(s))
+    .map(|(_, path)| format!("{gateway}/{path}"))
+    .collect();
+    out.push_str(&format!(
+        "\nthen watch the order flow: {}\nor follow it on one page: {gateway}/orders/<order_id>\n",
+        flow.join(" -> ")
+    ));
+    out.push_str("Ctrl-C stops everything; a restart continues from the checkpoints.\n");
+    out
 }
 
-/// The gateway's landing page: every service with its index and feed, and a form to
-/// follow one order (its `order-<id>` stream) across all of them. HTML for browsers,
-/// JSON for everyone else.
-async fn landing(
-    services: Vec<(String, String)>,
-    query: LandingQuery,
-    headers: axum::http::HeaderMap,
-) -> axum::response::Response {
-    use axum::http::header;
-    use axum::response::IntoResponse;
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    let common = [
-        (header::VARY, "Accept"),
-        (header::CACHE_CONTROL, "max-age=60"),
-    ];
-    if feed::negotiate::negotiate_format(accept) == feed::negotiate::Format::Html {
-        let page = feed::html::landing_page(&services, query.order.as_deref());
-        return (common, axum::response::Html(page)).into_response();
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_service_gets_its_own_database_on_the_postgresql_server() {
+        for (server, want) in [
+            (
+                "postgres://postgres@127.0.0.1:5432",
+                "postgres://postgres@127.0.0.1:5432/retail_sales",
+            ),
+            (
+                "postgres://u:pw@db.example:6543/",
+                "postgres://u:pw@db.example:6543/retail_sales",
+            ),
+            (
+                "postgres://u@db/postgres?sslmode=require&application_name=retail",
+                "postgres://u@db/retail_sales?sslmode=require&application_name=retail",
+            ),
+        ] {
+            assert_eq!(
+                postgres_database_url(server, "sales").expect("url"),
+                want,
+                "{server}"
+            );
+        }
+        assert!(postgres_database_url("not a url", "sales").is_err());
     }
-    let list = serde_json::json!({
-        "services": services
-            .iter()
-            .map(|(name, base)| serde_json::json!({ "name": name, "index": base, "feed": format!("{base}/feed") }))
-            .collect::<Vec<_>>(),
-    });
-    (common, axum::Json(list)).into_response()
+
+    #[test]
+    fn externals_name_a_service_and_a_url() {
+        let e: External = "shipping=http://127.0.0.1:8095/".parse().expect("parses");
+        assert_eq!(
+            e,
+            External {
+                name: "shipping".into(),
+                url: "http://127.0.0.1:8095".into()
+            }
+        );
+        assert!("warehouse=http://x".parse::<External>().is_err());
+        assert!("shipping".parse::<External>().is_err());
+        assert!("shipping=::".parse::<External>().is_err());
+    }
+
+    #[test]
+    fn the_command_line_refuses_unknown_services_to_skip() {
+        use clap::Parser as _;
+        let config =
+            Config::try_parse_from(["retail", "--skip", "loyalty,shipping"]).expect("parses");
+        assert_eq!(config.skip, ["loyalty", "shipping"]);
+        let err = Config::try_parse_from(["retail", "--skip", "loyality"])
+            .expect_err("a typo is refused");
+        assert!(err.to_string().contains("loyalty"), "{err}");
+    }
+
+    #[test]
+    fn the_startup_text_lists_only_the_services_started_and_never_the_token() {
+        let mut config = Config::new("data");
+        config.skip = vec!["loyalty".into()];
+        config.api_token = Some("tok-1f2e".into());
+        let text = startup_text(&config, "http://127.0.0.1:8080", false);
+        assert!(text.contains("http://127.0.0.1:8080/shipping/"), "{text}");
+        assert!(!text.contains("/loyalty"), "{text}");
+        assert!(!text.contains("tok-1f2e"), "{text}");
+        assert!(text.contains("export RETAIL_API_TOKEN="), "{text}");
+        assert!(text.contains("Bearer $RETAIL_API_TOKEN"), "{text}");
+        let from_env = startup_text(&config, "http://127.0.0.1:8080", true);
+        assert!(!from_env.contains("export RETAIL_API_TOKEN"), "{from_env}");
+
+        config.skip = vec!["sales".into()];
+        let text = startup_text(&config, "http://gw", true);
+        assert!(!text.contains("curl"), "no example without sales: {text}");
+    }
 }

@@ -17,6 +17,18 @@
 //! Links point at the negotiated URLs (the same URL as the Atom), so a link copied
 //! from a page works in a feed reader too; `<link rel="alternate">` names the
 //! explicit `.atom` variant.
+//!
+//! Which format a request gets is decided by [`crate::negotiate::negotiate_format`],
+//! the reference rule every other component follows: HTML only when the client
+//! prefers `text/html` (or `application/xhtml+xml`, `text/*`) strictly over Atom, so
+//! `*/*`, no `Accept`, ties, and `application/xml` / `text/xml` (Atom is XML) all get
+//! Atom; the `.atom` and `.html` suffixes override it. The gateway normalises
+//! `Accept` into the same classes for its cache key, and pages that have no Atom form
+//! (a service's index, the landing page) apply the same rule with JSON in Atom's place.
+//!
+//! When a service is shown under a landing page (the gateway's, configured as
+//! `FeedConfig::home_url`, never taken from request headers), every page's breadcrumb
+//! starts with a link back to it.
 
 mod json;
 
@@ -30,7 +42,7 @@ use crate::atom::{self, Links};
 use crate::event::{Event, Position, StreamId};
 
 /// Bump whenever a template's output changes: it is part of every HTML ETag.
-pub const TEMPLATE_VERSION: u32 = 1;
+pub const TEMPLATE_VERSION: u32 = 2;
 
 /// Pretty JSON longer than this many lines is folded into a `<details>` in tables.
 const FOLD_LINES: usize = 16;
@@ -107,9 +119,13 @@ type Crumb<'a> = (&'a str, Option<&'a str>);
 struct Chrome<'a> {
     title: &'a str,
     styles: Styles<'a>,
+    /// The landing page above the service (the gateway's), first in the breadcrumb.
+    home: Option<&'a str>,
     crumbs: &'a [Crumb<'a>],
     /// `(media type, href)` of the Atom variant.
     alternate: Option<(&'a str, &'a str)>,
+    /// `(title, href)` of further Atom feeds the page announces (autodiscovery).
+    feeds: &'a [(String, String)],
     /// Whether the page has the pager's access keys (named in the footer).
     access_keys: bool,
 }
@@ -125,6 +141,9 @@ fn layout(c: &Chrome<'_>, body: Markup) -> String {
                 @if let Some((media_type, href)) = c.alternate {
                     link rel="alternate" type=(media_type) href=(href) title="Atom";
                 }
+                @for (title, href) in c.feeds {
+                    link rel="alternate" type=(atom::FEED_MEDIA_TYPE) href=(href) title=(title);
+                }
                 @match c.styles {
                     Styles::Served(base) => {
                         link rel="stylesheet" href={ (base) "/feed/_assets/" (CSS.name) };
@@ -139,6 +158,9 @@ fn layout(c: &Chrome<'_>, body: Markup) -> String {
                     div.wrap {
                         nav aria-label="Breadcrumb" {
                             ol.crumbs {
+                                @if let Some(home) = c.home {
+                                    li { a href=(home) rel="home" { "Home" } }
+                                }
                                 @for (text, href) in c.crumbs {
                                     li {
                                         @match href {
@@ -212,6 +234,8 @@ pub(crate) enum Feed<'a> {
 pub(crate) struct PageView<'a> {
     pub(crate) service: &'a str,
     pub(crate) base: &'a str,
+    /// The landing page above the service, if configured.
+    pub(crate) home: Option<&'a str>,
     pub(crate) feed: Feed<'a>,
     /// Absolute links of the Atom document (negotiated URLs).
     pub(crate) links: &'a Links,
@@ -275,9 +299,12 @@ pub(crate) fn render_page(v: &PageView<'_>) -> String {
                     span { (unit) " " (v.from) "–" (v.to) " · " (count) " of " (v.page_size) ", still filling" }
                 }
             }
-            @if v.live_etag.is_some() {
-                span.live #live-status role="status" aria-live="polite" hidden {}
-            }
+        }
+        @if v.live_etag.is_some() {
+            // The live region lives outside what the script replaces (#range, #pager),
+            // so screen readers keep the region they registered at load and hear
+            // every status change; it stays empty without the script.
+            p.live #live-status role="status" aria-live="polite" {}
         }
         (pager(v.links))
         (events_table(v, &title))
@@ -295,9 +322,11 @@ pub(crate) fn render_page(v: &PageView<'_>) -> String {
         &Chrome {
             title: &page_title,
             styles: Styles::Served(v.base),
+            home: v.home,
             crumbs: &crumbs,
             alternate: Some((atom::FEED_MEDIA_TYPE, &atom_url)),
             access_keys: true,
+            feeds: &[],
         },
         PreEscaped(main),
     )
@@ -383,6 +412,8 @@ fn events_table(v: &PageView<'_>, title: &str) -> Markup {
 pub(crate) struct EventView<'a> {
     pub(crate) service: &'a str,
     pub(crate) base: &'a str,
+    /// The landing page above the service, if configured.
+    pub(crate) home: Option<&'a str>,
     pub(crate) event: &'a Event,
     /// The document holding the event (its sealed page, or the head).
     pub(crate) page_url: &'a str,
@@ -443,16 +474,23 @@ pub(crate) fn render_event(v: &EventView<'_>) -> String {
         &Chrome {
             title: &title,
             styles: Styles::Served(base),
+            home: v.home,
             crumbs: &crumbs,
             alternate: Some(("application/atom+xml;type=entry", &atom_url)),
             access_keys: true,
+            feeds: &[],
         },
         body,
     )
 }
 
 /// The page for a 404 of a feed resource, for people.
-pub(crate) fn render_not_found(service: &str, base: &str, detail: &str) -> String {
+pub(crate) fn render_not_found(
+    service: &str,
+    base: &str,
+    home: Option<&str>,
+    detail: &str,
+) -> String {
     let index = format!("{base}/");
     let head = format!("{base}/feed");
     let crumbs: [Crumb<'_>; 2] = [(service, Some(&index)), ("not found", None)];
@@ -469,9 +507,11 @@ pub(crate) fn render_not_found(service: &str, base: &str, detail: &str) -> Strin
         &Chrome {
             title: "Not found",
             styles: Styles::Served(base),
+            home,
             crumbs: &crumbs,
             alternate: None,
             access_keys: false,
+            feeds: &[],
         },
         body,
     )
@@ -484,6 +524,8 @@ pub struct ServiceIndex {
     pub name: String,
     /// Its public base URL (no trailing slash).
     pub base_url: String,
+    /// The landing page above the service (the gateway's), for the breadcrumb.
+    pub home_url: Option<String>,
     /// The last position of its log.
     pub head_position: Position,
     /// The feeds it follows.
@@ -495,7 +537,7 @@ pub struct ServiceIndex {
 pub struct Following {
     /// The subscription's name (its checkpoint key).
     pub name: String,
-    /// The followed feed's URL.
+    /// The followed feed's URL (its head, `.../feed`).
     pub feed_url: String,
     /// The last position applied.
     pub checkpoint: Position,
@@ -503,8 +545,26 @@ pub struct Following {
     pub head: Position,
     /// `head - checkpoint`.
     pub lag: u64,
+    /// Whether the last poll found nothing newer than the checkpoint.
+    pub caught_up: bool,
     /// The last error, if the subscription is failing.
     pub last_error: Option<String>,
+}
+
+/// A link to event `position` of the feed whose head is `feed_url`, when that URL
+/// has the standard shape (`<base>/feed`) and the position exists.
+fn event_link(feed_url: &str, position: Position) -> Option<String> {
+    (position > 0 && feed_url.ends_with("/feed")).then(|| format!("{feed_url}/events/{position}"))
+}
+
+/// A position, linked to its event page when there is one.
+fn position_cell(feed_url: &str, position: Position, what: &str) -> Markup {
+    html! {
+        @match event_link(feed_url, position) {
+            Some(href) => a href=(href) aria-label={ (what) " event " (position) } { (position) },
+            None => (position),
+        }
+    }
 }
 
 /// A service's home page: what it publishes and what it follows.
@@ -517,13 +577,14 @@ pub fn service_index(s: &ServiceIndex) -> String {
         h1 { (title) }
         h2 #publishes { "Publishes" }
         dl.facts {
-            dt { "Feed" } dd { a href=(feed) { (feed) } " (" a href={ (feed) ".atom" } type="application/atom+xml" { "Atom" } ")" }
+            dt { "Feed" } dd { a href=(feed) rel="feed" { (feed) } " (" a href={ (feed) ".atom" } type="application/atom+xml" { "Atom" } ")" }
             dt { "Head position" } dd { (s.head_position) }
             dt { "Newest event" } dd {
                 @if s.head_position > 0 {
                     a href={ (base) "/feed/events/" (s.head_position) } { "event " (s.head_position) }
                 } @else { "none yet" }
             }
+            dt { "As JSON" } dd { a href={ (base) "/index.json" } type="application/json" { (base) "/index.json" } }
         }
         h2 #follows { "Follows" }
         @if s.follows.is_empty() {
@@ -537,16 +598,20 @@ pub fn service_index(s: &ServiceIndex) -> String {
                     th scope="col" { "Checkpoint" }
                     th scope="col" { "Head" }
                     th scope="col" { "Lag" }
+                    th scope="col" { "State" }
                     th scope="col" { "Last error" }
                 } }
                 tbody {
                     @for f in &s.follows {
-                        tr {
+                        tr data-subscription=(f.name) {
                             th scope="row" { (f.name) }
                             td { a href=(f.feed_url) { (f.feed_url) } }
-                            td { (f.checkpoint) }
-                            td { (f.head) }
-                            td { (f.lag) }
+                            td.checkpoint { (position_cell(&f.feed_url, f.checkpoint, "checkpoint")) }
+                            td.head { (position_cell(&f.feed_url, f.head, "head")) }
+                            td.lag { (f.lag) }
+                            td.state data-caught-up=(f.caught_up) {
+                                @if f.caught_up { "caught up" } @else { "catching up" }
+                            }
                             td { @match &f.last_error { Some(e) => span.error { (e) }, None => "none" } }
                         }
                     }
@@ -558,9 +623,11 @@ pub fn service_index(s: &ServiceIndex) -> String {
         &Chrome {
             title: &title,
             styles: Styles::Served(base),
+            home: s.home_url.as_deref(),
             crumbs: &crumbs,
             alternate: Some((atom::FEED_MEDIA_TYPE, &format!("{feed}.atom"))),
             access_keys: false,
+            feeds: &[],
         },
         body,
     )
@@ -570,17 +637,23 @@ pub fn service_index(s: &ServiceIndex) -> String {
 /// head, and a "follow this order" form.
 ///
 /// `services` are `(name, public base URL)` pairs, e.g. `("sales",
-/// "http://127.0.0.1:8080/sales")`. The form GETs the landing page itself with
-/// `?order=<id>`; pass that id as `order` and the page lists the stream
-/// `order-<id>` of every service. The page is self-contained (inline CSS, no
-/// script), because the gateway mounts no feed router of its own.
-pub fn landing_page<N: AsRef<str>, U: AsRef<str>>(
-    services: &[(N, U)],
-    order: Option<&str>,
-) -> String {
-    let order = order.map(str::trim).filter(|o| !o.is_empty());
-    let stream = order.map(|o| StreamId::parse(format!("order-{o}")));
-    let crumbs: [Crumb<'_>; 1] = [("retail", None)];
+/// "http://127.0.0.1:8080/sales")`. The form GETs `orders_url` with `?order=<id>`
+/// (the gateway answers with a redirect to the order's page). Every feed is also
+/// announced as `<link rel="alternate" type="application/atom+xml">` (feed
+/// autodiscovery: a page may name several feeds). The page is self-contained
+/// (inline CSS, no script), because the gateway mounts no feed router of its own.
+pub fn landing_page<N: AsRef<str>, U: AsRef<str>>(services: &[(N, U)], orders_url: &str) -> String {
+    let crumbs: [Crumb<'_>; 1] = [("Home", None)];
+    let feeds: Vec<(String, String)> = services
+        .iter()
+        .map(|(name, base)| {
+            let base = base.as_ref().trim_end_matches('/');
+            (
+                format!("{} events", name.as_ref()),
+                format!("{base}/feed.atom"),
+            )
+        })
+        .collect();
     let body = html! {
         h1 { "Retail event feeds" }
         p { "Every service publishes its events as an Atom feed; the others pull them. Open a feed to browse it page by page." }
@@ -588,10 +661,10 @@ pub fn landing_page<N: AsRef<str>, U: AsRef<str>>(
         ul.cards {
             @for (name, base) in services {
                 @let base = base.as_ref().trim_end_matches('/');
-                li {
+                li data-service=(name.as_ref()) {
                     h3 { (name.as_ref()) }
                     ul {
-                        li { a href={ (base) "/" } { (name.as_ref()) " home" } }
+                        li { a href={ (base) "/" } rel="service" { (name.as_ref()) " home" } }
                         li { a href={ (base) "/feed" } rel="feed" { (name.as_ref()) " feed head" } }
                         li { a href={ (base) "/feed.atom" } type="application/atom+xml" { (name.as_ref()) " feed as Atom" } }
                     }
@@ -599,37 +672,148 @@ pub fn landing_page<N: AsRef<str>, U: AsRef<str>>(
             }
         }
         h2 #order { "Follow an order" }
-        form.order method="get" action="" {
+        form.order method="get" action=(orders_url) {
             label {
                 "Order id"
-                input type="text" name="order" value=[order] required placeholder="e.g. 0193b2c4-…" autocomplete="off" spellcheck="false";
+                input type="text" name="order" required placeholder="e.g. 0193b2c4-…" autocomplete="off" spellcheck="false";
             }
             button type="submit" { "Follow" }
-        }
-        @match &stream {
-            Some(Ok(stream)) => {
-                h3 { "Stream " (stream.as_str()) " in every service" }
-                ul #order-links {
-                    @for (name, base) in services {
-                        li {
-                            a href={ (base.as_ref().trim_end_matches('/')) "/streams/" (stream.as_str()) } {
-                                (name.as_ref()) ": " (stream.as_str())
-                            }
-                        }
-                    }
-                }
-            }
-            Some(Err(_)) => p.error role="alert" { "That is not an order id: use letters, digits and - _ . ~ : only." },
-            None => {}
         }
     };
     layout(
         &Chrome {
             title: "Retail event feeds",
             styles: Styles::Inline,
+            home: None,
             crumbs: &crumbs,
             alternate: None,
             access_keys: false,
+            feeds: &feeds,
+        },
+        body,
+    )
+}
+
+/// One event of an aggregate's story, as found in one service's stream.
+#[derive(Debug, Clone)]
+pub struct StoryEvent {
+    /// The publishing service (`billing`).
+    pub service: String,
+    /// The event's page (`<base>/feed/events/<position>`).
+    pub url: String,
+    /// The event.
+    pub event: Event,
+}
+
+/// A step the story is expected to reach: an event type and who publishes it.
+#[derive(Debug, Clone)]
+pub struct StoryStep {
+    /// The event type that completes the step (`OrderShipped`).
+    pub event_type: String,
+    /// The service that publishes it.
+    pub service: String,
+}
+
+/// One service's stream of the aggregate, as consulted.
+#[derive(Debug, Clone)]
+pub struct StorySource {
+    /// The service.
+    pub service: String,
+    /// The stream's URL there.
+    pub stream_url: String,
+    /// Events found; None when the service could not be read.
+    pub found: Option<usize>,
+}
+
+/// Everything several services published about one aggregate (an order), merged by
+/// time, with the expected steps checked off.
+#[derive(Debug, Clone)]
+pub struct Story {
+    /// The page's heading, e.g. `Order 0193…`.
+    pub title: String,
+    /// The landing page.
+    pub home_url: String,
+    /// The page's own URL (its JSON variant is `<url>.json`).
+    pub url: String,
+    /// The expected steps, in order.
+    pub steps: Vec<StoryStep>,
+    /// The services consulted.
+    pub sources: Vec<StorySource>,
+    /// The events, oldest first.
+    pub events: Vec<StoryEvent>,
+}
+
+/// The page of a [`Story`]. Self-contained like the landing page.
+pub fn story_page(s: &Story) -> String {
+    let crumbs: [Crumb<'_>; 1] = [(&s.title, None)];
+    let body = html! {
+        h1 { (s.title) }
+        h2 #steps { "Steps" }
+        ol.steps {
+            @for step in &s.steps {
+                @let done = s.events.iter().find(|e| e.event.event_type.as_str() == step.event_type && e.service == step.service);
+                li data-step=(step.event_type) data-done=(done.is_some()) {
+                    @match done {
+                        Some(e) => {
+                            span.badge.sealed { "done" } " "
+                            a href=(e.url) { (step.event_type) } " by " (step.service) " at " (utc(&e.event.occurred_at))
+                        }
+                        None => { span.badge.head { "waiting" } " " (step.event_type) " by " (step.service) }
+                    }
+                }
+            }
+        }
+        h2 #story { "Everything published about it" }
+        table.events #events {
+            caption { "Events of " (s.title) " in every service, oldest first" }
+            thead { tr {
+                th scope="col" { "Time" }
+                th scope="col" { "Service" }
+                th scope="col" { "Type" }
+                th scope="col" { "Event" }
+                th scope="col" { "Data" }
+            } }
+            tbody {
+                @if s.events.is_empty() {
+                    tr.empty-row { td.empty colspan="5" { "No service has published anything about it yet." } }
+                }
+                @for e in &s.events {
+                    tr data-type=(e.event.event_type.as_str()) data-service=(e.service) {
+                        td.time data-label="Time" { (utc(&e.event.occurred_at)) }
+                        td data-label="Service" { (e.service) }
+                        td.type data-label="Type" { (e.event.event_type.as_str()) }
+                        th.pos scope="row" data-label="Event" {
+                            a href=(e.url) aria-label={ (e.event.event_type.as_str()) " in " (e.service) } { (e.service) " #" (e.event.position) }
+                        }
+                        td.data data-label="Data" { (json_block(&e.event.data, true, "data")) }
+                    }
+                }
+            }
+        }
+        h2 #sources { "Streams consulted" }
+        ul.sources {
+            @for src in &s.sources {
+                li {
+                    a href=(src.stream_url) { (src.service) } ": "
+                    @match src.found {
+                        Some(0) => "nothing yet",
+                        Some(n) => { (n) " events" },
+                        None => span.error { "could not be read" },
+                    }
+                }
+            }
+        }
+        p { a href={ (s.url) ".json" } type="application/json" { "This page as JSON" } }
+    };
+    layout(
+        &Chrome {
+            title: &s.title,
+            styles: Styles::Inline,
+            home: Some(&s.home_url),
+            crumbs: &crumbs,
+            alternate: None,
+            access_keys: false,
+            feeds: &[],
         },
         body,
     )
@@ -640,20 +824,97 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_landing_page_links_every_service_and_the_order_streams() {
+    fn the_landing_page_links_and_announces_every_service_and_its_feed() {
         let services = [
             ("sales", "http://gw/sales"),
             ("billing", "http://gw/billing/"),
         ];
-        let page = landing_page(&services, Some("42"));
+        let page = landing_page(&services, "http://gw/orders");
         assert!(page.contains("href=\"http://gw/sales/feed\""));
         assert!(page.contains("href=\"http://gw/billing/\""));
-        assert!(page.contains("href=\"http://gw/billing/streams/order-42\""));
+        assert!(page.contains("action=\"http://gw/orders\""));
+        for feed in ["http://gw/sales/feed.atom", "http://gw/billing/feed.atom"] {
+            assert!(
+                page.contains(&format!(
+                    "<link rel=\"alternate\" type=\"application/atom+xml\" href=\"{feed}\""
+                )),
+                "{feed}"
+            );
+        }
         assert!(page.contains("<html lang=\"en\">"));
-        let hostile = landing_page(&services, Some("<script>"));
-        assert!(!hostile.contains("<script>"));
-        assert!(hostile.contains("not an order id"));
-        assert!(!landing_page(&services, None).contains("order-links"));
+    }
+
+    #[test]
+    fn a_story_checks_off_the_steps_it_has_events_for_and_escapes_their_data() {
+        let event = |position, ty: &str| Event {
+            position,
+            id: uuid::Uuid::from_u128(position.into()),
+            stream: StreamId::parse("order-7").expect("stream"),
+            stream_version: 1,
+            event_type: crate::event::EventType::parse(ty).expect("type"),
+            occurred_at: DateTime::<Utc>::from_timestamp(1_700_000_000 + position as i64, 0)
+                .expect("time"),
+            data: serde_json::json!({ "note": "<script>x</script>" }),
+            metadata: serde_json::json!({}),
+        };
+        let step = |event_type: &str, service: &str| StoryStep {
+            event_type: event_type.into(),
+            service: service.into(),
+        };
+        let page = story_page(&Story {
+            title: "Order 7".into(),
+            home_url: "http://gw/".into(),
+            url: "http://gw/orders/7".into(),
+            steps: vec![
+                step("OrderAccepted", "sales"),
+                step("OrderShipped", "shipping"),
+            ],
+            sources: vec![StorySource {
+                service: "sales".into(),
+                stream_url: "http://gw/sales/streams/order-7".into(),
+                found: Some(1),
+            }],
+            events: vec![StoryEvent {
+                service: "sales".into(),
+                url: "http://gw/sales/feed/events/3".into(),
+                event: event(3, "OrderAccepted"),
+            }],
+        });
+        assert!(
+            page.contains("data-step=\"OrderAccepted\" data-done=\"true\""),
+            "{page}"
+        );
+        assert!(
+            page.contains("data-step=\"OrderShipped\" data-done=\"false\""),
+            "{page}"
+        );
+        assert!(page.contains("href=\"http://gw/sales/feed/events/3\""));
+        assert!(page.contains("href=\"http://gw/\" rel=\"home\""));
+        assert!(!page.contains("<script>x"), "data is escaped");
+    }
+
+    #[test]
+    fn a_service_index_links_positions_to_their_events_and_says_whether_caught_up() {
+        let page = service_index(&ServiceIndex {
+            name: "billing".into(),
+            base_url: "http://gw/billing".into(),
+            home_url: Some("http://gw/".into()),
+            head_position: 4,
+            follows: vec![Following {
+                name: "billing<-sales".into(),
+                feed_url: "http://gw/sales/feed".into(),
+                checkpoint: 9,
+                head: 12,
+                lag: 3,
+                caught_up: false,
+                last_error: None,
+            }],
+        });
+        assert!(page.contains("href=\"http://gw/sales/feed/events/9\""));
+        assert!(page.contains("href=\"http://gw/sales/feed/events/12\""));
+        assert!(page.contains("data-caught-up=\"false\""));
+        assert!(page.contains("catching up"));
+        assert!(page.contains("href=\"http://gw/\" rel=\"home\""));
     }
 
     #[test]

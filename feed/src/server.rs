@@ -81,6 +81,9 @@ pub struct FeedConfig {
     pub page_size: Option<u64>,
     /// Bytes of rendered documents kept in memory.
     pub cache_bytes: u64,
+    /// The landing page the HTML pages link back to in their breadcrumb (e.g. the
+    /// gateway's `http://127.0.0.1:8080/`), configured like `base_url`.
+    pub home_url: Option<String>,
 }
 
 impl FeedConfig {
@@ -91,6 +94,7 @@ impl FeedConfig {
             name: name.into(),
             page_size: None,
             cache_bytes: 64 * 1024 * 1024,
+            home_url: None,
         }
     }
 }
@@ -114,6 +118,7 @@ struct Inner {
     known_head: AtomicU64,
     base_tag: String,
     docs: moka::future::Cache<DocKey, Rendered>,
+    home: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -154,6 +159,7 @@ impl FeedServer {
                 stream_layout,
                 base_tag,
                 docs,
+                home: config.home_url,
             }),
         })
     }
@@ -296,6 +302,7 @@ impl FeedServer {
         html::render_page(&html::PageView {
             service: &self.inner.name,
             base: &self.inner.base,
+            home: self.inner.home.as_deref(),
             feed,
             links: &links,
             from,
@@ -492,7 +499,12 @@ async fn html_not_found(
         .ok()
         .and_then(|v| v["detail"].as_str().map(str::to_owned))
         .unwrap_or_default();
-    let page = html::render_not_found(&s.inner.name, &s.inner.base, &detail);
+    let page = html::render_not_found(
+        &s.inner.name,
+        &s.inner.base,
+        s.inner.home.as_deref(),
+        &detail,
+    );
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.insert(
         header::CONTENT_TYPE,
@@ -704,13 +716,18 @@ async fn event(
         w.format.suffix()
     );
     if w.format == Format::Html {
-        // Not kept in the document cache: its "next event" link appears once the next
-        // event does, and HTML is only fresh for minutes anyway.
+        // Not kept in the document cache: its "next event" and "its page" links depend
+        // on the head. The head is read from the store, not from memory (which may lag
+        // behind another replica's appends), and until the event's page is sealed both
+        // links may still change, so the page is then only as cacheable as the head.
+        let head = s.head_position().await?;
         let event = s.read_event_below_head(position).await?;
         let page = s.page_url_of(position, head);
+        let settled = s.inner.layout.page_of(position).to <= head;
         let doc = html::render_event(&html::EventView {
             service: &s.inner.name,
             base: &s.inner.base,
+            home: s.inner.home.as_deref(),
             event: &event,
             page_url: &page,
             has_next: position < head,
@@ -720,7 +737,7 @@ async fn event(
             &headers,
             rendered,
             w.coding,
-            HTML_CACHE,
+            if settled { HTML_CACHE } else { HEAD_CACHE },
             location,
             None,
             HTML_MEDIA_TYPE,

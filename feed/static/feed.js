@@ -46,11 +46,12 @@
   if (!main || !window.fetch || !window.DOMParser) return;
   var url = main.getAttribute("data-live");
   var etag = main.getAttribute("data-etag");
+  // The aria-live region: rendered empty by the server and never replaced, only its
+  // text changes, so assistive technology announces each change.
+  var status = document.getElementById("live-status");
   function setStatus(state, text) {
-    // Looked up each time: merging replaces the summary line that holds it.
-    var status = document.getElementById("live-status");
     if (!status) return;
-    status.hidden = false;
+    if (status.getAttribute("data-state") === state && status.textContent === text) return;
     status.setAttribute("data-state", state);
     status.textContent = text;
   }

@@ -8,6 +8,7 @@ pub(crate) struct System {
     pub(crate) url: String,
     pub(crate) client: reqwest::Client,
     token: Option<String>,
+    services: Vec<&'static str>,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -19,6 +20,7 @@ impl System {
             .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let token = config.api_token.clone();
+        let services = config.mounted();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(retail::run(config, listener, shutdown.clone()));
         feed::install_crypto();
@@ -30,6 +32,7 @@ impl System {
             url,
             client,
             token,
+            services,
             shutdown,
             task: Some(task),
         };
@@ -37,8 +40,17 @@ impl System {
         system
     }
 
-    /// A system started elsewhere (another process) at `url`.
+    /// A system started elsewhere (another process) at `url`, with every service.
     pub(crate) async fn attach(url: String) -> Self {
+        Self::attach_with(url, None, &retail::SERVICES).await
+    }
+
+    /// A system started elsewhere at `url` with `services`, whose commands need `token`.
+    pub(crate) async fn attach_with(
+        url: String,
+        token: Option<String>,
+        services: &[&'static str],
+    ) -> Self {
         feed::install_crypto();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
@@ -47,7 +59,8 @@ impl System {
         let system = Self {
             url,
             client,
-            token: None,
+            token,
+            services: services.to_vec(),
             shutdown: CancellationToken::new(),
             task: None,
         };
@@ -58,7 +71,7 @@ impl System {
     /// Waits until every service answers through the gateway.
     pub(crate) async fn wait_ready(&self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        for s in retail::SERVICES {
+        for s in &self.services {
             loop {
                 let ok = self
                     .client
@@ -156,6 +169,43 @@ impl System {
         index["publishes"]["head_position"].as_u64().unwrap_or(0)
     }
 
+    /// A GET with `headers`, as sent.
+    pub(crate) async fn get(&self, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut req = self.client.get(format!("{}{path}", self.url));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        req.send().await.expect("get")
+    }
+
+    /// Waits until every subscription of every service has caught up with its feed
+    /// and no feed grows any more: the system has settled.
+    pub(crate) async fn settle(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        let mut last: Vec<u64> = Vec::new();
+        loop {
+            let mut heads = Vec::new();
+            let mut all_caught_up = true;
+            for s in &self.services {
+                let (_, index) = self.get_json(&format!("/{s}/index.json")).await;
+                heads.push(index["publishes"]["head_position"].as_u64().unwrap_or(0));
+                for f in index["follows"].as_array().into_iter().flatten() {
+                    all_caught_up &= f["caught_up"] == true && f["lag"] == 0;
+                }
+            }
+            if all_caught_up && heads == last {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the system did not settle: heads {heads:?}"
+            );
+            last = heads;
+            // Longer than the indexes' max-age at the gateway, so the next look is fresh.
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+    }
+
     /// Polls a GET until `ok` accepts its JSON (or panics after 30 s).
     pub(crate) async fn wait_for(&self, path: &str, ok: impl Fn(&Value) -> bool) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -167,6 +217,33 @@ impl System {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "gave up waiting for {path}: {status} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until `service`'s feed holds `n` events of `event_type`; returns them.
+    pub(crate) async fn wait_for_count(
+        &self,
+        service: &str,
+        event_type: &str,
+        n: usize,
+    ) -> Vec<feed::Event> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let found: Vec<feed::Event> = self
+                .events(service)
+                .await
+                .into_iter()
+                .filter(|e| e.event_type.as_str() == event_type)
+                .collect();
+            if found.len() >= n {
+                return found;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{service} has {} {event_type}, not {n}",
+                found.len()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -248,6 +325,117 @@ impl System {
             .or_else(|| body["id"].as_str())
             .expect("order id")
             .to_owned()
+    }
+}
+
+/// What "nothing lost, nothing duplicated" means after a crash, for `orders` (every
+/// order placed): every feed holds each event id once; per order exactly one
+/// OrderAccepted, OrderConfirmationSent, CustomerBilled, OrderReadyForShipping and
+/// OrderShipped; loyalty counted each shipped order exactly once, and published no
+/// tier change twice.
+///
+/// The email is the one effect outside any database: it is sent *at least once* (a
+/// crash after the send and before OrderConfirmationSent commits sends it again), so
+/// an order may have more than one mail file, but every copy carries the same
+/// Message-ID for the receiver to drop duplicates, while the event that records the
+/// sending exists exactly once. `data_dir` holds the mail folder.
+pub(crate) async fn assert_nothing_duplicated(
+    sys: &System,
+    orders: &[String],
+    data_dir: &std::path::Path,
+) {
+    let mut wanted: Vec<String> = orders.to_vec();
+    wanted.sort();
+    let mut customers: Vec<String> = Vec::new();
+    for service in retail::SERVICES {
+        let events = sys.events(service).await;
+        let mut ids: Vec<_> = events.iter().map(|e| e.id).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), events.len(), "{service} holds an event twice");
+        let positions: Vec<u64> = events.iter().map(|e| e.position).collect();
+        assert_eq!(
+            positions,
+            (1..=events.len() as u64).collect::<Vec<_>>(),
+            "{service}: gapless"
+        );
+        let per_order: &[&str] = match service {
+            "sales" => &["OrderAccepted", "OrderConfirmationSent"],
+            "billing" => &["CustomerBilled"],
+            "fulfilment" => &["OrderReadyForShipping"],
+            "shipping" => &["OrderShipped"],
+            _ => &[],
+        };
+        for t in per_order {
+            let mut of_type: Vec<String> = events
+                .iter()
+                .filter(|e| e.event_type.as_str() == *t)
+                .map(|e| e.data["order_id"].as_str().unwrap_or_default().to_owned())
+                .collect();
+            of_type.sort();
+            assert_eq!(of_type, wanted, "{service}: one {t} per order");
+        }
+        if service == "sales" {
+            for e in events
+                .iter()
+                .filter(|e| e.event_type.as_str() == "OrderAccepted")
+            {
+                let c = e.data["customer_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                if !customers.contains(&c) {
+                    customers.push(c);
+                }
+            }
+        }
+        if service == "loyalty" {
+            let mut changes: Vec<String> = events
+                .iter()
+                .filter(|e| e.event_type.as_str() == "CustomerTierChanged")
+                .map(|e| format!("{}/{}", e.data["customer_id"], e.data["tier"]))
+                .collect();
+            let n = changes.len();
+            changes.sort();
+            changes.dedup();
+            assert_eq!(
+                changes.len(),
+                n,
+                "a tier change was published twice: {changes:?}"
+            );
+        }
+    }
+    let mut counted: Vec<String> = Vec::new();
+    for c in &customers {
+        let (_, record) = sys.get_json(&format!("/loyalty/customers/{c}")).await;
+        let list = record["orders"].as_array().cloned().unwrap_or_default();
+        assert_eq!(record["shipped_orders"], list.len(), "{c}: {record}");
+        counted.extend(
+            list.iter()
+                .map(|o| o["order_id"].as_str().unwrap_or_default().to_owned()),
+        );
+    }
+    counted.sort();
+    assert_eq!(counted, wanted, "loyalty counts each order once");
+
+    let mails: Vec<String> = std::fs::read_dir(data_dir.join("mail"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    for order in orders {
+        let copies: Vec<&String> = mails
+            .iter()
+            .filter(|m| m.contains(order.as_str()))
+            .collect();
+        assert!(!copies.is_empty(), "order {order} was never mailed");
+        let id = format!("Message-ID: <order-{order}@retail.example>");
+        assert!(
+            copies.iter().all(|m| m.contains(&id)),
+            "every copy of {order}'s mail has {id}"
+        );
     }
 }
 

@@ -4,6 +4,12 @@
 //! Event data comes from other people's commands, so every piece of text is
 //! HTML-escaped here (the caller splices the result in unescaped): the markup this
 //! module emits is only its own `<span>` tags.
+//!
+//! Why strings and not maud: the output must be byte-for-byte the layout of
+//! `to_string_pretty` (newlines and indentation are significant inside `<pre>`), and a
+//! template would add nothing but a recursive call per value; the escaping that maud
+//! would otherwise guarantee is done by [`escape`] on every piece of text and is
+//! covered by the tests below and by the hostile-data tests of the pages.
 
 use serde_json::Value;
 

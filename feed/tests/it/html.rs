@@ -1,8 +1,6 @@
-//! The HTML variants of the feed resources: negotiation, caching headers, escaping
-//! (over real sockets), and the pages in a real headless Chromium (`browser`).
-
-mod browser;
-mod webdriver;
+//! The HTML variants of the feed resources: negotiation, caching headers, escaping,
+//! over real sockets. The pages in a real headless Chromium are tested on the running
+//! retail system (the workspace's `tests/it/browser.rs`).
 
 use feed::event::{EventType, NewEvent, StreamId};
 use feed::store::{EventLog, Expected};
@@ -312,4 +310,51 @@ async fn a_browser_gets_a_404_page_and_a_program_gets_problem_json() {
             "{path}"
         );
     }
+}
+
+#[tokio::test]
+async fn an_event_page_links_the_next_event_as_soon_as_another_writer_appends_it() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let log = seeded_log(&dir).await;
+    let feed = TestFeed::start(log.clone(), 10).await;
+    let c = client();
+    // The newest event: no next event yet, and, its page still being the head, only
+    // as cacheable as the head.
+    let r = get(&c, &feed.url("/feed/events/37.html"), &[]).await;
+    assert_eq!(header(&r, "cache-control"), feed::server::HEAD_CACHE);
+    assert!(!r.text().await.expect("body").contains("rel=\"next\""));
+
+    // Another writer (a replica sharing the database) appends behind this server's back.
+    let mut tx = log.begin().await.expect("begin");
+    log.append(
+        &mut tx,
+        Expected::Any,
+        &[NewEvent::new(
+            StreamId::parse("order-43").expect("stream"),
+            EventType::parse("OrderAccepted").expect("type"),
+            serde_json::json!({ "order_id": "43" }),
+        )],
+    )
+    .await
+    .expect("append");
+    tx.commit().await.expect("commit");
+    let page = get(&c, &feed.url("/feed/events/37.html"), &[])
+        .await
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        page.contains(&format!(
+            "href=\"{}\" rel=\"next\"",
+            feed.url("/feed/events/38")
+        )),
+        "the next event is linked once it exists"
+    );
+
+    // An event on a sealed page has links that never change: cached for minutes.
+    let settled = get(&c, &feed.url("/feed/events/3.html"), &[]).await;
+    assert_eq!(
+        header(&settled, "cache-control"),
+        "max-age=300, stale-while-revalidate=86400"
+    );
 }

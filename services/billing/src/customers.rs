@@ -175,7 +175,7 @@ async fn set_limit(
     State(a): State<Accounts>,
     Path(customer_id): Path<String>,
     ApiJson(input): ApiJson<LimitInput>,
-) -> Result<Json<Account>, ApiError> {
+) -> Result<Response, ApiError> {
     if !is_customer_id(&customer_id) {
         return Err(ApiError::invalid(
             "customer_id",
@@ -191,7 +191,13 @@ async fn set_limit(
             "must not be negative",
         ));
     }
-    Ok(Json(set_credit_limit(&a, &customer_id, limit).await?))
+    let account = set_credit_limit(&a, &customer_id, limit).await?;
+    let location = format!("{}/customers/{customer_id}", a.service.feed.base_url());
+    let mut r = Json(account).into_response();
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        r.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(r)
 }
 
 async fn fetch(

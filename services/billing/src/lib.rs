@@ -46,10 +46,15 @@ pub struct Config {
     #[command(flatten)]
     pub args: kit::ServiceArgs,
     /// Sales' feed (its head), e.g. `http://127.0.0.1:8080/sales/feed`.
-    #[arg(long, env = "SALES_FEED")]
+    #[arg(long, global = true, required = false, env = "SALES_FEED")]
     pub sales_feed: String,
     /// The credit limit of customers without an account, in cents.
-    #[arg(long, env = "DEFAULT_CREDIT_LIMIT_CENTS", default_value_t = 100_000)]
+    #[arg(
+        long,
+        global = true,
+        env = "DEFAULT_CREDIT_LIMIT_CENTS",
+        default_value_t = 100_000
+    )]
     pub default_credit_limit_cents: u64,
 }
 
@@ -103,11 +108,7 @@ pub async fn run(
         shutdown.clone().cancelled_owned(),
     );
     tracing::info!(%base_url, sales_feed = %config.sales_feed, "billing listening");
-    let routes = customers::router(customers::Accounts {
-        service: service.clone(),
-        default_limit: config.default_limit(),
-    });
-    let app = service.app(routes);
+    let app = routes(&service, &config);
     let served = kit::serve(listener, app, shutdown.clone().cancelled_owned()).await;
     // However serving ended, the subscription ends with it.
     shutdown.cancel();
@@ -121,6 +122,21 @@ pub async fn run(
     }
     served?;
     failed.map_or(Ok(()), Err)
+}
+
+/// The service's whole HTTP app around its routes.
+fn routes(service: &Service, config: &Config) -> axum::Router {
+    service.app(customers::router(customers::Accounts {
+        service: service.clone(),
+        default_limit: config.default_limit(),
+    }))
+}
+
+/// Billing's HTTP app (commands, feed, index) on the database `config` names, reached
+/// at `base_url`, without its subscription: for tests that drive the routes in-process.
+pub async fn app(config: &Config, base_url: &str) -> anyhow::Result<axum::Router> {
+    let service = Service::open(NAME, &config.args, &MIGRATIONS, base_url).await?;
+    Ok(routes(&service, config))
 }
 
 /// Replays sales' feed from position 1: forgets the `billing<-sales` checkpoint and

@@ -3,11 +3,13 @@
 //! `ProductDeleted` on its feed, appended in the same transaction as the change. It
 //! follows no other feed. Each product's events form the stream `product-<id>`, and
 //! the stream's version is the product's version: `GET` answers it as the ETag, and a
-//! `PUT`/`DELETE` with `If-Match` that names another version is a 409.
+//! `PUT`/`DELETE` with an `If-Match` that names another version is a 412 (a racing
+//! writer that got in first is a 409). `ProductDeleted` carries the product as it was.
 //!
 //! Layout:
 //! - `products`: the product resource: validation, storage, events and routes.
-//! - [`run`]: opens the database, serves the routes plus the feed until shutdown.
+//! - [`run`]: opens the database, serves the routes plus the feed until shutdown;
+//!   [`app`]: the same routes, unserved, for in-process tests.
 
 use feed::db::MigrationSet;
 use kit::Service;
@@ -63,9 +65,15 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let base_url = config.args.public_base_url(&listener)?;
-    let service = Service::open(NAME, &config.args, &MIGRATIONS, &base_url).await?;
+    let app = app(&config, &base_url).await?;
     tracing::info!(%base_url, "catalog listening");
-    let app = service.app(products::router(service.clone()));
     kit::serve(listener, app, shutdown.cancelled_owned()).await?;
     Ok(())
+}
+
+/// The catalog's whole HTTP app (commands, feed, index) on the database `config`
+/// names, reached at `base_url`. [`run`] serves it; tests drive it in-process.
+pub async fn app(config: &Config, base_url: &str) -> anyhow::Result<axum::Router> {
+    let service = Service::open(NAME, &config.args, &MIGRATIONS, base_url).await?;
+    Ok(service.app(products::router(service.clone())))
 }

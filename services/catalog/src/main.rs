@@ -49,3 +49,34 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::{Cli, Command};
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_may_stand_before_or_after_the_subcommand() {
+        let flags = ["--data-dir", "elsewhere"];
+        let before: Vec<&str> = std::iter::once("catalog")
+            .chain(flags)
+            .chain(["rebuild"])
+            .collect();
+        let after: Vec<&str> = ["catalog", "rebuild"].into_iter().chain(flags).collect();
+        for args in [before, after] {
+            let cli = Cli::try_parse_from(&args).expect("parses");
+            assert!(matches!(cli.command, Some(Command::Rebuild)), "{args:?}");
+            assert_eq!(
+                cli.config.args.data_dir,
+                std::path::Path::new("elsewhere"),
+                "{args:?}"
+            );
+        }
+    }
+}

@@ -5,6 +5,11 @@
 //! product's stream in one transaction; the append names the version the command
 //! read (`Expected::Version`), so two racing updates cannot both win: the loser gets a
 //! 409 and writes nothing.
+//!
+//! `If-Match` follows RFC 9110 13.1.1: the product's ETag is its version (`"3"`); a
+//! `PUT`/`DELETE` whose `If-Match` names no current tag (another version, a weak tag,
+//! a tag that is no version at all) is a 412 and changes nothing; a header that is not
+//! entity-tag syntax is a 400.
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -195,22 +200,67 @@ fn not_found(id: impl std::fmt::Display) -> ApiError {
     ApiError::NotFound(format!("no product {id}"))
 }
 
-/// The version an `If-Match` header demands: None when absent or `*`.
-fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    let Some(value) = headers.get(header::IF_MATCH) else {
-        return Ok(None);
-    };
-    let value = value
-        .to_str()
-        .map_err(|_| ApiError::BadRequest("If-Match is not ASCII".into()))?
-        .trim();
-    if value == "*" {
-        return Ok(None);
+/// What an `If-Match` header demands (RFC 9110 13.1.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Precondition {
+    /// No header, or `*`: the product must exist, any version will do.
+    Exists,
+    /// One of these entity tags must be the product's current strong ETag
+    /// (`"<version>"`). Weak tags never match: If-Match compares strongly.
+    OneOf(Vec<String>),
+}
+
+impl Precondition {
+    /// Whether the product at `version` satisfies it.
+    fn holds(&self, version: u64) -> bool {
+        match self {
+            Self::Exists => true,
+            Self::OneOf(tags) => {
+                let current = format!("\"{version}\"");
+                tags.contains(&current)
+            }
+        }
     }
-    let tag = value.trim_start_matches("W/").trim_matches('"');
-    tag.parse().map(Some).map_err(|_| {
-        ApiError::Conflict(format!("If-Match {value} names no version of this product"))
-    })
+}
+
+/// Parses `If-Match`: absent or `*` is [`Precondition::Exists`]; a list of entity
+/// tags (`"3"`, `W/"3"`, `"3", "4"`) is [`Precondition::OneOf`]; anything that is not
+/// entity-tag syntax is a 400, since no reading of it could be evaluated.
+fn if_match(headers: &HeaderMap) -> Result<Precondition, ApiError> {
+    let mut values = headers.get_all(header::IF_MATCH).iter().peekable();
+    if values.peek().is_none() {
+        return Ok(Precondition::Exists);
+    }
+    let mut tags = Vec::new();
+    for value in values {
+        let value = value
+            .to_str()
+            .map_err(|_| ApiError::BadRequest("If-Match is not ASCII".into()))?;
+        for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            if item == "*" {
+                return Ok(Precondition::Exists);
+            }
+            let (weak, opaque) = match item.strip_prefix("W/") {
+                Some(rest) => (true, rest),
+                None => (false, item),
+            };
+            let is_tag = opaque.len() >= 2
+                && opaque.starts_with('"')
+                && opaque.ends_with('"')
+                && opaque[1..opaque.len() - 1]
+                    .bytes()
+                    .all(|b| b == 0x21 || (0x23..=0x7e).contains(&b));
+            if !is_tag {
+                return Err(ApiError::BadRequest(format!(
+                    "If-Match {item:?} is not an entity tag (expected e.g. \"3\")"
+                )));
+            }
+            if !weak {
+                tags.push(opaque.to_owned());
+            }
+        }
+    }
+    Ok(Precondition::OneOf(tags))
 }
 
 type Row = (String, String, String, String, i64, i64, i64, i64, i64);
@@ -272,25 +322,25 @@ async fn add(s: &Service, product: Product) -> Result<ProductView, ApiError> {
     })
 }
 
-/// The product's current version, read inside `tx`; 404 when there is none, 409 when
-/// it is not the one the client expects.
-async fn current_version(
+/// The product as stored, read inside `tx`; 404 when there is none, 412 when it does
+/// not satisfy the client's `If-Match`.
+async fn current(
     tx: &mut sqlx::AnyConnection,
     id: Uuid,
-    expected: Option<u64>,
-) -> Result<u64, ApiError> {
-    let version: Option<i64> =
-        sqlx::query_scalar("SELECT version FROM catalog_products WHERE product_id = $1")
-            .bind(id.to_string())
-            .fetch_optional(&mut *tx)
-            .await?;
-    let version = version.ok_or_else(|| not_found(id))?;
-    let version = u64::try_from(version).map_err(|e| ApiError::Internal(e.into()))?;
-    match expected {
-        Some(e) if e != version => Err(ApiError::Conflict(format!(
-            "product {id} is at version {version}, not {e}"
-        ))),
-        _ => Ok(version),
+    precondition: &Precondition,
+) -> Result<ProductView, ApiError> {
+    let row: Option<Row> = sqlx::query_as(select_products!("WHERE product_id = $1"))
+        .bind(id.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+    let view = decode(row.ok_or_else(|| not_found(id))?)?;
+    if precondition.holds(view.version) {
+        Ok(view)
+    } else {
+        Err(ApiError::PreconditionFailed(format!(
+            "product {id} is at version {} (ETag \"{}\"), which If-Match does not name",
+            view.version, view.version
+        )))
     }
 }
 
@@ -298,11 +348,11 @@ async fn current_version(
 async fn update(
     s: &Service,
     product: Product,
-    expected: Option<u64>,
+    precondition: &Precondition,
 ) -> Result<ProductView, ApiError> {
     let id = product.product_id;
     let mut tx = s.db.begin().await?;
-    let version = current_version(&mut tx, id, expected).await?;
+    let version = current(&mut tx, id, precondition).await?.version;
     sqlx::query(
         "UPDATE catalog_products SET name = $2, description = $3, pictures = $4, weight_grams = $5, \
          size_l = $6, size_w = $7, size_h = $8, version = $9, updated_at = $10 WHERE product_id = $1",
@@ -330,21 +380,19 @@ async fn update(
     })
 }
 
-/// Deletes a product: the row goes, `ProductDeleted` stays in the log.
-async fn delete(s: &Service, id: Uuid, expected: Option<u64>) -> Result<(), ApiError> {
+/// Deletes a product: the row goes, `ProductDeleted` stays in the log, carrying the
+/// product as it was when deleted (so a consumer that needs its name or weight for
+/// goods already ordered has them in the event itself).
+async fn delete(s: &Service, id: Uuid, precondition: &Precondition) -> Result<(), ApiError> {
     let mut tx = s.db.begin().await?;
-    let version = current_version(&mut tx, id, expected).await?;
+    let view = current(&mut tx, id, precondition).await?;
     sqlx::query("DELETE FROM catalog_products WHERE product_id = $1")
         .bind(id.to_string())
         .execute(&mut *tx)
         .await?;
-    let deleted = event(
-        "ProductDeleted",
-        id,
-        serde_json::json!({ "product_id": id }),
-    );
+    let deleted = event("ProductDeleted", id, to_json(&view.product)?);
     s.log
-        .append(&mut tx, Expected::Version(version), &[deleted])
+        .append(&mut tx, Expected::Version(view.version), &[deleted])
         .await?;
     tx.commit().await?;
     Ok(())
@@ -395,9 +443,10 @@ async fn replace(
     ApiJson(input): ApiJson<ProductInput>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let expected = if_match(&headers)?;
-    let view = update(&s, input.validate(id)?, expected).await?;
-    Ok(respond(StatusCode::OK, &view, None))
+    let precondition = if_match(&headers)?;
+    let view = update(&s, input.validate(id)?, &precondition).await?;
+    let location = format!("{}/products/{id}", s.feed.base_url());
+    Ok(respond(StatusCode::OK, &view, Some(location)))
 }
 
 async fn remove(
@@ -405,7 +454,7 @@ async fn remove(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    delete(&s, parse_id(&id)?, if_match(&headers)?).await?;
+    delete(&s, parse_id(&id)?, &if_match(&headers)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -501,14 +550,29 @@ mod tests {
     }
 
     #[test]
-    fn if_match_accepts_strong_weak_and_star() {
-        let mut h = HeaderMap::new();
-        assert_eq!(if_match(&h).ok(), Some(None));
-        h.insert(header::IF_MATCH, HeaderValue::from_static("\"3\""));
-        assert_eq!(if_match(&h).ok(), Some(Some(3)));
-        h.insert(header::IF_MATCH, HeaderValue::from_static("W/\"4\""));
-        assert_eq!(if_match(&h).ok(), Some(Some(4)));
-        h.insert(header::IF_MATCH, HeaderValue::from_static("*"));
-        assert_eq!(if_match(&h).ok(), Some(None));
+    fn if_match_compares_strong_tags_and_refuses_what_is_not_a_tag() {
+        let parse = |values: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::IF_MATCH, HeaderValue::from_static(v));
+            }
+            if_match(&h)
+        };
+        let holds =
+            |values: &[&'static str], version| parse(values).expect("parses").holds(version);
+        assert!(holds(&[], 3), "no header: any version");
+        assert!(holds(&["*"], 3));
+        assert!(holds(&["\"3\""], 3));
+        assert!(!holds(&["\"2\""], 3));
+        assert!(holds(&["\"2\", \"3\""], 3));
+        assert!(holds(&["\"1\"", "\"3\""], 3), "several header lines");
+        assert!(!holds(&["W/\"3\""], 3), "a weak tag never matches strongly");
+        assert!(!holds(&["\"abc\""], 3), "a tag that is no version of ours");
+        for bad in ["3", "\"3", "W/3", "\"a\"b\""] {
+            assert!(
+                matches!(parse(&[bad]), Err(ApiError::BadRequest(_))),
+                "{bad:?} is not an entity tag"
+            );
+        }
     }
 }

@@ -61,10 +61,10 @@ pub struct Config {
     #[command(flatten)]
     pub args: kit::ServiceArgs,
     /// The sales service's feed (its `/feed` URL): OrderAccepted.
-    #[arg(long, env = "SALES_FEED")]
+    #[arg(long, global = true, required = false, env = "SALES_FEED")]
     pub sales_feed: String,
     /// The billing service's feed (its `/feed` URL): CustomerBilled, CustomerBillingFailed.
-    #[arg(long, env = "BILLING_FEED")]
+    #[arg(long, global = true, required = false, env = "BILLING_FEED")]
     pub billing_feed: String,
 }
 

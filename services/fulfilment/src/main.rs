@@ -47,10 +47,48 @@ async fn main() -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory as _;
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::{Cli, Command};
 
     #[test]
     fn the_command_line_is_well_formed() {
-        super::Cli::command().debug_assert();
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_may_stand_before_or_after_the_subcommand() {
+        let flags = [
+            "--data-dir",
+            "elsewhere",
+            "--sales-feed",
+            "http://gw/sales/feed",
+            "--billing-feed",
+            "http://gw/billing/feed",
+        ];
+        let before: Vec<&str> = std::iter::once("fulfilment")
+            .chain(flags)
+            .chain(["rebuild"])
+            .collect();
+        let after: Vec<&str> = ["fulfilment", "rebuild"].into_iter().chain(flags).collect();
+        for args in [before, after] {
+            let cli = Cli::try_parse_from(&args).expect("parses");
+            assert!(matches!(cli.command, Some(Command::Rebuild)), "{args:?}");
+            assert_eq!(
+                cli.config.args.data_dir,
+                std::path::Path::new("elsewhere"),
+                "{args:?}"
+            );
+            assert_eq!(cli.config.sales_feed, "http://gw/sales/feed", "{args:?}");
+            assert_eq!(
+                cli.config.billing_feed, "http://gw/billing/feed",
+                "{args:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_feed_url_is_an_error() {
+        assert!(Cli::try_parse_from(["fulfilment", "--data-dir", "d"]).is_err());
     }
 }

@@ -2,29 +2,64 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// The flags every service binary takes (flatten them into the service's own clap
-/// `Config`). Every flag can also come from the environment.
-#[derive(Debug, Clone, clap::Args)]
+/// `Config`). Every flag can also come from the environment, and every flag is
+/// `global`: it may stand before or after the subcommand (`sales --data-dir d rebuild`
+/// and `sales rebuild --data-dir d` mean the same).
+#[derive(Clone, clap::Args)]
 pub struct ServiceArgs {
     /// Address to listen on.
-    #[arg(long, env = "LISTEN", default_value = "127.0.0.1:0")]
+    #[arg(long, global = true, env = "LISTEN", default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
     /// Database URL: `postgres://...`, `sqlite:PATH`, or a file path. Default:
     /// `<data-dir>/<service>.db`.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, global = true, env = "DATABASE_URL")]
     pub database_url: Option<String>,
     /// Folder for the SQLite file and other local state (mail).
-    #[arg(long, env = "DATA_DIR", default_value = "data")]
+    #[arg(long, global = true, env = "DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
     /// The public base URL of this service, used in every feed link (e.g. the
     /// gateway's `http://127.0.0.1:8080/sales`). Default: `http://<listen>`.
-    #[arg(long, env = "BASE_URL")]
+    #[arg(long, global = true, env = "BASE_URL")]
     pub base_url: Option<String>,
     /// Bearer token required on commands (POST/PUT/DELETE). Feeds and GETs stay public.
-    #[arg(long, env = "RETAIL_API_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, env = "RETAIL_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
     /// Entries per sealed feed page (applies to pages not yet sealed).
-    #[arg(long, env = "PAGE_SIZE")]
+    #[arg(long, global = true, env = "PAGE_SIZE")]
     pub page_size: Option<u64>,
+    /// The page this service is shown under, e.g. the gateway's landing page
+    /// `http://127.0.0.1:8080/`: every HTML page of the service links back to it.
+    #[arg(long, global = true, env = "HOME_URL")]
+    pub home_url: Option<String>,
+}
+
+/// Written by hand so that the token never reaches a log line through `{:?}`.
+impl std::fmt::Debug for ServiceArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceArgs")
+            .field("listen", &self.listen)
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(redact_url),
+            )
+            .field("data_dir", &self.data_dir)
+            .field("base_url", &self.base_url)
+            .field("api_token", &self.api_token.as_ref().map(|_| "<redacted>"))
+            .field("page_size", &self.page_size)
+            .field("home_url", &self.home_url)
+            .finish()
+    }
+}
+
+/// `url` without the password it may carry (`postgres://user:secret@host/db`).
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("redacted"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
 }
 
 impl ServiceArgs {
@@ -37,6 +72,7 @@ impl ServiceArgs {
             base_url: None,
             api_token: None,
             page_size: None,
+            home_url: None,
         }
     }
 
@@ -56,5 +92,26 @@ impl ServiceArgs {
                 .display()
                 .to_string()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_the_token_and_database_passwords() {
+        let mut args = ServiceArgs::new("data");
+        args.api_token = Some("tok-3f9a".into());
+        args.database_url = Some("postgres://app:pw-77c1@db:5432/sales".into());
+        let shown = format!("{args:?}");
+        assert!(
+            !shown.contains("tok-3f9a") && !shown.contains("pw-77c1"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("postgres://app:redacted@db:5432/sales"),
+            "{shown}"
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! domain: the command-line configuration ([`ServiceArgs`]), opening the database and
 //! the event log ([`Service::open`]), the HTTP shell around a service's own routes
 //! ([`Service::app`]: feeds, index, body limit, bearer token on commands), the
-//! problem+json error type ([`ApiError`]) and the subscriptions to other services'
+//! problem+json error type ([`ApiError`]), pages in HTML and JSON ([`page`]) and the subscriptions to other services'
 //! feeds ([`Subscriptions`]).
 //!
 //! Layout:
@@ -11,14 +11,19 @@
 //! - `auth`: the bearer-token check for commands.
 //! - `service`: [`Service`], [`Subscriptions`], the index page and `serve`.
 //! - `replay`: [`replay`], catching up with a feed with a progress bar (rebuilds).
+//! - [`page`]: pages served as HTML and JSON (negotiation, weak ETags, 304).
+//! - `testing` (feature `testing`): hostile input for the services' command tests.
 
 mod auth;
 mod config;
 mod error;
+pub mod page;
 mod replay;
 mod service;
+#[cfg(feature = "testing")]
+pub mod testing;
 
-pub use config::ServiceArgs;
+pub use config::{ServiceArgs, redact_url};
 pub use error::{ApiError, ApiJson};
 pub use replay::replay;
 pub use service::{

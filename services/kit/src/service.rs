@@ -18,7 +18,7 @@ use crate::ServiceArgs;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// A running service's shared pieces. Cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Service {
     /// The service's name (`sales`).
     pub name: &'static str,
@@ -32,6 +32,21 @@ pub struct Service {
     pub token: Option<Arc<str>>,
     /// Its subscriptions, for the index page.
     pub subscriptions: Subscriptions,
+    /// The landing page its HTML pages link back to (`--home-url`).
+    pub home_url: Option<String>,
+}
+
+/// Written by hand so that the token never reaches a log line through `{:?}`.
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("name", &self.name)
+            .field("db", &self.db)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("subscriptions", &self.subscriptions)
+            .field("home_url", &self.home_url)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Service {
@@ -52,6 +67,7 @@ impl Service {
         db.migrate(migrations).await?;
         let mut feed_config = FeedConfig::new(base_url, name);
         feed_config.page_size = args.page_size;
+        feed_config.home_url = args.home_url.clone();
         let feed = FeedServer::new(log.clone(), feed_config).await?;
         Ok(Self {
             name,
@@ -64,6 +80,7 @@ impl Service {
                 .filter(|t| !t.is_empty())
                 .map(Arc::from),
             subscriptions: Subscriptions::default(),
+            home_url: args.home_url.clone(),
         })
     }
 
@@ -101,31 +118,63 @@ impl Service {
         ));
         Router::new()
             .route("/", get(index))
+            .route("/index.html", get(index))
+            .route("/index.json", get(index))
             .with_state(self.clone())
             .merge(self.feed.router())
             .merge(commands)
             .layer(tower_http::limit::RequestBodyLimitLayer::new(
                 MAX_BODY_BYTES,
             ))
-            .layer(axum::middleware::map_response(too_large_as_problem))
-            .layer(tower_http::trace::TraceLayer::new_for_http())
+            .layer(axum::middleware::map_response(plain_errors_as_problems))
+            // Spans record method, path and version, never headers: Authorization
+            // carries the bearer token.
+            .layer(
+                tower_http::trace::TraceLayer::new_for_http().make_span_with(
+                    tower_http::trace::DefaultMakeSpan::new().include_headers(false),
+                ),
+            )
     }
 }
 
-/// The body limit answers a request whose Content-Length is over the limit with a
-/// plain-text 413 before any extractor runs; commands promise problem+json, so such a
-/// response is replaced by [`ApiError::TooLarge`](crate::ApiError::TooLarge).
-async fn too_large_as_problem(r: axum::response::Response) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let is_problem = r
-        .headers()
-        .get(axum::http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
-    if r.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE && !is_problem {
-        crate::ApiError::TooLarge.into_response()
-    } else {
-        r
+/// The errors axum and tower-http produce before a handler runs (a body over the
+/// limit, a path that does not decode, a method a route does not have) are plain text
+/// or empty; commands promise problem+json, so such a 4xx is replaced by a problem
+/// with the same status and the original text as its detail. Pages (HTML 404s of the
+/// feeds) and problems pass unchanged.
+async fn plain_errors_as_problems(r: axum::response::Response) -> axum::response::Response {
+    if !r.status().is_client_error() {
+        return r;
     }
+    let plain = match r.headers().get(axum::http::header::CONTENT_TYPE) {
+        None => true,
+        Some(v) => v.as_bytes().starts_with(b"text/plain"),
+    };
+    if !plain {
+        return r;
+    }
+    let status = r.status();
+    if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        return axum::response::IntoResponse::into_response(crate::ApiError::TooLarge);
+    }
+    // A 405 must keep naming the methods the resource has (RFC 9110 15.5.6).
+    let allow = r.headers().get(axum::http::header::ALLOW).cloned();
+    let text = axum::body::to_bytes(r.into_body(), 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let detail = if text.is_empty() {
+        status.canonical_reason().unwrap_or("refused").to_owned()
+    } else {
+        text
+    };
+    let mut problem = crate::error::problem(status, &detail, None);
+    if let Some(allow) = allow {
+        problem
+            .headers_mut()
+            .insert(axum::http::header::ALLOW, allow);
+    }
+    problem
 }
 
 #[derive(Debug, Clone)]
@@ -170,20 +219,29 @@ impl Subscriptions {
     }
 }
 
-/// The service's home: what it publishes and what it follows, as HTML for a browser
-/// (`Accept` negotiated as for the feeds) and JSON otherwise.
+/// The service's home at `/` (negotiated), `/index.html` and `/index.json`: what it
+/// publishes and what it follows, each subscription's checkpoint, head, lag and
+/// whether it is caught up (see [`crate::page`] for the formats and validators).
 async fn index(
     State(s): State<Service>,
+    uri: axum::http::Uri,
     headers: axum::http::HeaderMap,
 ) -> axum::response::Response {
-    use axum::http::header;
-    use axum::response::IntoResponse;
-    use feed::negotiate::{Format, negotiate_format};
-    let head = s.log.head().await.unwrap_or(0);
+    use crate::page::{self, PageFormat};
+    let variant = match uri.path() {
+        "/index.html" => Some(PageFormat::Html),
+        "/index.json" => Some(PageFormat::Json),
+        _ => None,
+    };
+    let format = page::requested(&headers, variant);
+    let head = match s.log.head().await {
+        Ok(head) => head,
+        Err(e) => return axum::response::IntoResponse::into_response(crate::ApiError::from(e)),
+    };
     let base = s.feed.base_url();
-    let snapshot = s.subscriptions.snapshot();
-    let caught_up: Vec<bool> = snapshot.iter().map(|i| i.status.caught_up()).collect();
-    let follows: Vec<feed::html::Following> = snapshot
+    let follows: Vec<feed::html::Following> = s
+        .subscriptions
+        .snapshot()
         .into_iter()
         .map(|i| feed::html::Following {
             name: i.name,
@@ -191,44 +249,43 @@ async fn index(
             checkpoint: i.status.checkpoint(),
             head: i.status.head(),
             lag: i.status.lag(),
+            caught_up: i.status.caught_up(),
             last_error: i.status.last_error(),
         })
         .collect();
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    let common = [
-        (header::CACHE_CONTROL, "max-age=1"),
-        (header::VARY, "Accept, Accept-Encoding"),
-    ];
-    if negotiate_format(accept) == Format::Html {
-        let page = feed::html::service_index(&feed::html::ServiceIndex {
+    let body = match format {
+        PageFormat::Html => feed::html::service_index(&feed::html::ServiceIndex {
             name: s.name.to_owned(),
             base_url: base.to_owned(),
+            home_url: s.home_url.as_deref().map(str::to_owned),
             head_position: head,
             follows,
-        });
-        return (common, axum::response::Html(page)).into_response();
-    }
-    let follows: Vec<_> = follows
-        .into_iter()
-        .zip(caught_up)
-        .map(|(f, caught_up)| {
+        }),
+        PageFormat::Json => {
+            let follows: Vec<_> = follows
+                .into_iter()
+                .map(|f| {
+                    serde_json::json!({
+                        "subscription": f.name,
+                        "feed": f.feed_url,
+                        "checkpoint": f.checkpoint,
+                        "head": f.head,
+                        "lag": f.lag,
+                        "caught_up": f.caught_up,
+                        "error": f.last_error,
+                    })
+                })
+                .collect();
             serde_json::json!({
-                "caught_up": caught_up,
-                "subscription": f.name,
-                "feed": f.feed_url,
-                "checkpoint": f.checkpoint,
-                "head": f.head,
-                "lag": f.lag,
-                "error": f.last_error,
+                "service": s.name,
+                "publishes": { "feed": format!("{base}/feed"), "head_position": head },
+                "follows": follows,
             })
-        })
-        .collect();
-    let body = serde_json::json!({
-        "service": s.name,
-        "publishes": { "feed": format!("{base}/feed"), "head_position": head },
-        "follows": follows,
-    });
-    (common, axum::Json(body)).into_response()
+            .to_string()
+        }
+    };
+    let location = format!("{base}/index{}", format.suffix());
+    page::respond(&headers, format, &location, "max-age=1", body)
 }
 
 /// Serves `app` on `listener` until `shutdown`.

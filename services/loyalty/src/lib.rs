@@ -65,10 +65,10 @@ pub struct Config {
     #[command(flatten)]
     pub args: kit::ServiceArgs,
     /// The sales service's feed (its `/feed` URL): OrderAccepted.
-    #[arg(long, env = "SALES_FEED")]
+    #[arg(long, global = true, required = false, env = "SALES_FEED")]
     pub sales_feed: String,
     /// The shipping service's feed (its `/feed` URL): OrderShipped.
-    #[arg(long, env = "SHIPPING_FEED")]
+    #[arg(long, global = true, required = false, env = "SHIPPING_FEED")]
     pub shipping_feed: String,
 }
 

@@ -6,16 +6,17 @@
 //!
 //! The confirmation email is a reaction to sales' own `OrderAccepted`: sales follows
 //! its own feed (subscription `sales<-sales`, the feed at its public base URL), and
-//! that handler sends the mail and appends `OrderConfirmationSent` in the
-//! subscription's transaction (see `mailer` for the delivery guarantees). Placing an
-//! order therefore never waits for a mail server, and a crash between the two steps
-//! is repaired by the subscription's replay.
+//! that handler records the email in an outbox; a sender task sends it outside any
+//! transaction and then appends `OrderConfirmationSent` (see `mailer` for the delivery
+//! guarantees: the event exactly once, the email at least once). Placing an order
+//! therefore never waits for a mail server, not even for the database lock a slow
+//! one would otherwise hold.
 //!
 //! Layout:
 //! - `replica`: the catalog replica and its handler.
 //! - `prices`: the price resource.
 //! - `orders`: the order resource (AcceptOrder and its validation).
-//! - `mailer`: the mail transport (file or SMTP) and the confirmation handler.
+//! - `mailer`: the mail transport (file or SMTP), the outbox and its sender.
 //! - [`run`], [`rebuild`]: serving, and replaying the catalog replica from scratch.
 
 use std::path::PathBuf;
@@ -41,7 +42,7 @@ const CATALOG_SUBSCRIPTION: &str = "sales<-catalog";
 const MAILER_SUBSCRIPTION: &str = "sales<-sales";
 
 /// How sales is configured (flags and environment).
-#[derive(Debug, Clone, clap::Parser)]
+#[derive(Clone, clap::Parser)]
 #[command(
     name = "sales",
     version,
@@ -52,20 +53,33 @@ pub struct Config {
     #[command(flatten)]
     pub args: kit::ServiceArgs,
     /// The catalog's feed (its head), e.g. `http://127.0.0.1:8080/catalog/feed`.
-    #[arg(long, env = "CATALOG_FEED")]
+    #[arg(long, global = true, required = false, env = "CATALOG_FEED")]
     pub catalog_feed: String,
     /// Send confirmation emails through this SMTP server (`smtp://host:port`,
     /// `smtps://user:pass@host`). Default: write each message as an .eml file into
     /// `<data-dir>/mail/`.
-    #[arg(long, env = "SMTP_URL", hide_env_values = true)]
+    #[arg(long, global = true, env = "SMTP_URL", hide_env_values = true)]
     pub smtp_url: Option<String>,
     /// The sender of confirmation emails.
     #[arg(
         long,
+        global = true,
         env = "MAIL_FROM",
         default_value = "Retail Sales <sales@retail.example>"
     )]
     pub mail_from: String,
+}
+
+/// Written by hand so that a password in `--smtp-url` never reaches a log line.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("args", &self.args)
+            .field("catalog_feed", &self.catalog_feed)
+            .field("smtp_url", &self.smtp_url.as_deref().map(kit::redact_url))
+            .field("mail_from", &self.mail_from)
+            .finish()
+    }
 }
 
 impl Config {
@@ -83,16 +97,30 @@ impl Config {
 
 pub(crate) const MIGRATIONS: MigrationSet = MigrationSet {
     owner: "sales",
-    sqlite: &[(
-        1,
-        "prices and orders",
-        include_str!("../../../migrations/sales/sqlite/0001_init.sql"),
-    )],
-    postgres: &[(
-        1,
-        "prices and orders",
-        include_str!("../../../migrations/sales/postgres/0001_init.sql"),
-    )],
+    sqlite: &[
+        (
+            1,
+            "prices and orders",
+            include_str!("../../../migrations/sales/sqlite/0001_init.sql"),
+        ),
+        (
+            2,
+            "mail outbox",
+            include_str!("../../../migrations/sales/sqlite/0002_outbox.sql"),
+        ),
+    ],
+    postgres: &[
+        (
+            1,
+            "prices and orders",
+            include_str!("../../../migrations/sales/postgres/0001_init.sql"),
+        ),
+        (
+            2,
+            "mail outbox",
+            include_str!("../../../migrations/sales/postgres/0002_outbox.sql"),
+        ),
+    ],
 };
 
 /// Serves sales on `listener` until `shutdown` is cancelled, following the catalog
@@ -115,17 +143,24 @@ pub async fn run(
         replica::CatalogReplica,
         shutdown.clone().cancelled_owned(),
     );
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
     service.subscriptions.spawn(
         &mut tasks,
         &service.db,
         MAILER_SUBSCRIPTION,
         &format!("{base_url}/feed"),
-        mailer::Confirmations::new(service.log.clone(), mailer),
+        mailer::Confirmations::new(wake.clone()),
         shutdown.clone().cancelled_owned(),
     );
+    tasks.spawn(mailer::send_confirmations(
+        service.db.clone(),
+        service.log.clone(),
+        mailer,
+        wake,
+        shutdown.clone(),
+    ));
     tracing::info!(%base_url, catalog_feed = %config.catalog_feed, "sales listening");
-    let routes = prices::router(service.clone()).merge(orders::router(service.clone()));
-    let app = service.app(routes);
+    let app = routes(&service);
     let served = kit::serve(listener, app, shutdown.clone().cancelled_owned()).await;
     // However serving ended, the subscriptions end with it.
     shutdown.cancel();
@@ -139,6 +174,19 @@ pub async fn run(
     }
     served?;
     failed.map_or(Ok(()), Err)
+}
+
+/// The service's whole HTTP app around its routes.
+fn routes(service: &Service) -> axum::Router {
+    service.app(prices::router(service.clone()).merge(orders::router(service.clone())))
+}
+
+/// Sales' HTTP app (commands, feed, index) on the database `config` names, reached at
+/// `base_url`, without its subscriptions and mailer: for tests that drive the routes
+/// in-process.
+pub async fn app(config: &Config, base_url: &str) -> anyhow::Result<axum::Router> {
+    let service = Service::open(NAME, &config.args, &MIGRATIONS, base_url).await?;
+    Ok(routes(&service))
 }
 
 /// Rebuilds the catalog replica: empties it and forgets its checkpoint in one

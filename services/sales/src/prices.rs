@@ -4,6 +4,8 @@
 //! `price-<product_id>`; setting the price it already has appends nothing.
 
 use axum::extract::{Path, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use feed::event::{EventType, NewEvent, StreamId, now_micros};
@@ -135,13 +137,20 @@ async fn set_price(s: &Service, price: Price) -> Result<Price, ApiError> {
     Ok(price)
 }
 
+/// Answers 200 with the price and, as every command does, its `Location`.
 async fn set(
     State(s): State<Service>,
     Path(product_id): Path<String>,
     ApiJson(input): ApiJson<PriceInput>,
-) -> Result<Json<Price>, ApiError> {
+) -> Result<Response, ApiError> {
     let price = input.validate(parse_product_id(&product_id)?)?;
-    Ok(Json(set_price(&s, price).await?))
+    let price = set_price(&s, price).await?;
+    let location = format!("{}/prices/{}", s.feed.base_url(), price.product_id);
+    let mut r = Json(price).into_response();
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        r.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(r)
 }
 
 async fn fetch(

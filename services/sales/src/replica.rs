@@ -1,8 +1,10 @@
 //! The catalog replica: product names by id, kept from the catalog's feed.
 //!
 //! `ProductAdded` / `ProductUpdated` upsert the name (and revive a deleted id);
-//! `ProductDeleted` marks the product deleted but keeps its name, so that orders placed
-//! before the deletion can still be confirmed with it. Other event types are skipped.
+//! `ProductDeleted` marks the product deleted but keeps its name (the one it carries,
+//! the product as it was when deleted; events from before it carried the product only
+//! keep the name already known), so that orders placed before the deletion can still
+//! be confirmed with it. Other event types are skipped.
 
 use feed::event::Event;
 use feed::subscriber::Handler;
@@ -24,6 +26,7 @@ struct ProductNamed {
 #[derive(Debug, Deserialize)]
 struct ProductDeleted {
     product_id: Uuid,
+    name: Option<String>,
 }
 
 impl Handler for CatalogReplica {
@@ -47,10 +50,20 @@ impl Handler for CatalogReplica {
                 }
                 "ProductDeleted" => {
                     let p: ProductDeleted = serde_json::from_value(event.data.clone())?;
-                    sqlx::query("UPDATE sales_products SET deleted = 1 WHERE product_id = $1")
+                    match &p.name {
+                        Some(name) => sqlx::query(
+                            "INSERT INTO sales_products (product_id, name, deleted) VALUES ($1, $2, 1) \
+                             ON CONFLICT (product_id) DO UPDATE SET name = excluded.name, deleted = 1",
+                        )
                         .bind(p.product_id.to_string())
-                        .execute(&mut *tx)
-                        .await?;
+                        .bind(name),
+                        None => sqlx::query(
+                            "UPDATE sales_products SET deleted = 1 WHERE product_id = $1",
+                        )
+                        .bind(p.product_id.to_string()),
+                    }
+                    .execute(&mut *tx)
+                    .await?;
                 }
                 _ => {}
             }

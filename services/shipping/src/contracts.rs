@@ -29,10 +29,13 @@ pub(crate) struct ProductChanged {
     pub(crate) weight_grams: i64,
 }
 
-/// catalog: `ProductDeleted`.
+/// catalog: `ProductDeleted`, carrying the product as it was when deleted (events
+/// written before the catalog did so carry only the id).
 #[derive(Debug, Deserialize)]
 pub(crate) struct ProductDeleted {
     pub(crate) product_id: Uuid,
+    pub(crate) name: Option<String>,
+    pub(crate) weight_grams: Option<i64>,
 }
 
 /// Published: `OrderShipped`.

@@ -60,10 +60,10 @@ pub struct Config {
     #[command(flatten)]
     pub args: kit::ServiceArgs,
     /// The fulfilment service's feed (its `/feed` URL): OrderReadyForShipping.
-    #[arg(long, env = "FULFILMENT_FEED")]
+    #[arg(long, global = true, required = false, env = "FULFILMENT_FEED")]
     pub fulfilment_feed: String,
     /// The catalog service's feed (its `/feed` URL): ProductAdded/Updated/Deleted.
-    #[arg(long, env = "CATALOG_FEED")]
+    #[arg(long, global = true, required = false, env = "CATALOG_FEED")]
     pub catalog_feed: String,
 }
 

@@ -3,10 +3,11 @@
 //! **A product missing from the replica** (the catalog subscription lags behind
 //! fulfilment's): the shipment is recorded as `pending` with its lines and nothing is
 //! published; the fulfilment checkpoint moves on, so later orders are not held up.
-//! When a `ProductAdded` / `ProductUpdated` arrives, every pending shipment with a line
-//! for that product is tried again once the catalog page holding it is applied, and
-//! the one whose last missing product that was ships in that catalog transaction:
-//! slip completed, `OrderShipped` published. The
+//! When a `ProductAdded` / `ProductUpdated` arrives (or a `ProductDeleted`, which
+//! carries the product as it was: goods already ordered still ship), every pending
+//! shipment with a line for that product is tried again once the catalog page holding
+//! it is applied, and the one whose last missing product that was ships in that
+//! catalog transaction: slip completed, `OrderShipped` published. The
 //! alternative, failing the handler until the catalog catches up, would block every
 //! later order behind one slow product and retry forever for a product that never
 //! comes; a pending shipment is visible instead (`GET /shipments/{order_id}` names the
@@ -64,8 +65,18 @@ impl Shipper {
             "ProductDeleted" => {
                 let e: ProductDeleted = data(event)?;
                 store::take_turn(tx).await?;
-                store::mark_deleted(tx, e.product_id).await?;
-                Ok(None)
+                match (&e.name, e.weight_grams) {
+                    // The product as it was: a shipment still waiting for it can ship.
+                    (Some(name), Some(weight_grams)) => {
+                        store::upsert_product(tx, e.product_id, name, weight_grams).await?;
+                        store::mark_deleted(tx, e.product_id).await?;
+                        Ok(Some(e.product_id))
+                    }
+                    _ => {
+                        store::mark_deleted(tx, e.product_id).await?;
+                        Ok(None)
+                    }
+                }
             }
             _ => Ok(None),
         }

@@ -6,4 +6,5 @@ mod support;
 
 mod accounts;
 mod billing;
+mod hostile;
 mod postgres;

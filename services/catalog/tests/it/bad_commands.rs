@@ -68,6 +68,35 @@ async fn refused_commands_answer_problem_json_and_append_nothing() {
     let r = app.send(Method::GET, "/products/not-a-uuid", None).await;
     assert_problem(&r, StatusCode::NOT_FOUND, None);
 
+    // A method the resource does not have: problem+json that still names the others.
+    let r = app
+        .send(Method::PATCH, &format!("/products/{id}"), Some(kettle()))
+        .await;
+    assert_problem(&r, StatusCode::METHOD_NOT_ALLOWED, None);
+    assert!(r.header("allow").contains("PUT"), "{:?}", r.headers);
+
+    // JSON sent as something else is refused by media type, not parsed.
+    for content_type in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
+        let mut req = app
+            .client
+            .post(format!("{}/products", app.base))
+            .body(kettle().to_string());
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let resp = req.send().await.expect("post");
+        assert_eq!(
+            resp.status(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{content_type:?}"
+        );
+        assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    }
+
     let mut huge = kettle();
     huge["description"] = json!("x".repeat(100 * 1024));
     let r = app.send(Method::POST, "/products", Some(huge)).await;

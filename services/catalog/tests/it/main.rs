@@ -5,4 +5,7 @@
 mod support;
 
 mod bad_commands;
+mod hostile;
+mod postgres;
 mod products;
+mod secrets;

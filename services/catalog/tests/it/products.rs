@@ -81,12 +81,14 @@ async fn adding_updating_and_deleting_a_product_is_served_and_published_in_order
         json!(["https://img.example.com/kettle.jpg"])
     );
     assert_eq!(feed.entries[1].data["name"], "Electric kettle");
-    assert_eq!(feed.entries[2].data, json!({ "product_id": id }));
+    // The deletion carries the product as it was when deleted.
+    assert_eq!(feed.entries[2].data, feed.entries[1].data);
     app.stop().await;
 }
 
 #[tokio::test]
-async fn an_update_with_a_stale_version_is_a_conflict_and_changes_nothing() {
+async fn an_update_whose_if_match_names_a_stale_version_fails_its_precondition_and_changes_nothing()
+{
     let app = TestCatalog::start(None).await;
     let id = app.add(kettle()).await;
     let path = format!("/products/{id}");
@@ -103,8 +105,29 @@ async fn an_update_with_a_stale_version_is_a_conflict_and_changes_nothing() {
     let mut second = kettle();
     second["name"] = json!("Second writer");
     let resp = req.body(second.to_string()).send().await.expect("put");
-    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    assert_eq!(resp.status(), StatusCode::PRECONDITION_FAILED);
     assert_eq!(resp.headers()["content-type"], "application/problem+json");
+
+    // If-Match that is no entity tag at all is a bad request; a delete with a stale
+    // tag fails like the update.
+    for (method, if_match, status) in [
+        (Method::PUT, "1", StatusCode::BAD_REQUEST),
+        (Method::PUT, "W/\"2\"", StatusCode::PRECONDITION_FAILED),
+        (Method::DELETE, "\"1\"", StatusCode::PRECONDITION_FAILED),
+        (Method::DELETE, "version-2", StatusCode::BAD_REQUEST),
+    ] {
+        let resp = app
+            .client
+            .request(method.clone(), format!("{}{path}", app.base))
+            .header("if-match", if_match)
+            .header("content-type", "application/json")
+            .body(kettle().to_string())
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), status, "{method} If-Match: {if_match}");
+        assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    }
 
     let current = app.send(Method::GET, &path, None).await;
     assert_eq!(current.body["name"], "First writer");

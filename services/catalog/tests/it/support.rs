@@ -36,6 +36,11 @@ pub(crate) struct TestCatalog {
 
 impl TestCatalog {
     pub(crate) async fn start(api_token: Option<&str>) -> Self {
+        Self::start_on(api_token, None).await
+    }
+
+    /// Starts the catalog on `database_url` (PostgreSQL), or a fresh SQLite file.
+    pub(crate) async fn start_on(api_token: Option<&str>, database_url: Option<String>) -> Self {
         if std::env::var_os("TEST_LOG").is_some() {
             kit::init_tracing();
         }
@@ -43,6 +48,7 @@ impl TestCatalog {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = catalog::Config::new(dir.path());
         config.args.api_token = api_token.map(str::to_owned);
+        config.args.database_url = database_url;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

@@ -5,6 +5,10 @@
 mod support;
 
 mod bad_commands;
+mod crash;
+mod hostile;
 mod orders;
+mod outage;
+mod postgres;
 mod restart;
 mod smtp;

@@ -137,6 +137,11 @@ async fn a_price_change_is_published_once_and_used_by_later_orders() {
     );
     let changed = sys.put_price(&kettle, 1500, "USD").await;
     assert_eq!(changed.status, StatusCode::OK);
+    // Like every command, it names the resource it changed, and that URL reads it.
+    let location = changed.header("location").to_owned();
+    assert_eq!(location, format!("{}/prices/{kettle}", sys.sales.base));
+    let read = sys.send(Method::GET, &location, None).await;
+    assert_eq!(read.body["unit_price_cents"], 1500);
     let prices = events_of(&sys.http, &sys.sales.base, "PriceChanged").await;
     assert_eq!(prices.len(), 2);
     assert_eq!(prices[1].stream_version, 2);

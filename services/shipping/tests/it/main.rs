@@ -2,6 +2,7 @@
 //! feeds over HTTP, the service on a real socket, SQLite files in temp folders (and
 //! PostgreSQL when installed).
 
+mod cli;
 mod postgres;
 mod shipments;
 mod support;

@@ -217,7 +217,8 @@ async fn a_product_deleted_from_the_catalog_is_still_named_on_slips_of_goods_alr
         .append(
             &format!("product-{vase}"),
             "ProductDeleted",
-            json!({"product_id": vase}),
+            json!({"product_id": vase, "name": "Vase", "description": "", "pictures": [],
+                   "weight_grams": 800, "size_mm": {"l": 10, "w": 10, "h": 10}}),
         )
         .await;
     let app = system.start().await;
@@ -280,5 +281,28 @@ async fn unknown_shipments_are_not_found_as_problem_json() {
             "application/problem+json"
         );
     }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_shipment_waiting_for_a_product_ships_when_its_deletion_brings_the_product_data() {
+    let system = System::new().await;
+    let (lamp, order, customer) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let app = system.start().await;
+    system.release(order, customer, &[(lamp, 2)]).await;
+    wait_for_status(&app, order, "pending").await;
+    // The catalog's only word on the lamp is its deletion, which carries the product.
+    system
+        .catalog
+        .append(
+            &format!("product-{lamp}"),
+            "ProductDeleted",
+            json!({"product_id": lamp, "name": "Desk lamp", "description": "", "pictures": [],
+                   "weight_grams": 650, "size_mm": {"l": 10, "w": 10, "h": 10}}),
+        )
+        .await;
+    let shipment = wait_for_status(&app, order, "shipped").await;
+    assert_eq!(shipment["packing_slip"]["lines"][0]["name"], "Desk lamp");
+    assert_eq!(shipment["packing_slip"]["total_weight_grams"], 1300);
     app.stop().await;
 }

@@ -65,7 +65,7 @@ impl Browser {
     pub(crate) async fn start() -> Option<Self> {
         if !Path::new(CHROMIUM).exists() || !Path::new(CHROMEDRIVER).exists() {
             eprintln!(
-                "SKIPPED: browser test needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)"
+                "\n*** SKIPPED: the browser test needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver) ***\n"
             );
             return None;
         }
@@ -212,10 +212,8 @@ impl Browser {
         self.eval(&script).await.as_u64().unwrap_or(0)
     }
 
-    /// Clicks the first element matching `css`, as a user would, and waits for the
-    /// navigation it starts to leave `from`.
-    pub(crate) async fn click(&self, css: &str) {
-        let from = self.current_url().await;
+    /// The WebDriver id of the first element matching `css`.
+    async fn find(&self, css: &str) -> String {
         let el = self
             .call(
                 reqwest::Method::POST,
@@ -223,19 +221,50 @@ impl Browser {
                 Some(json!({ "using": "css selector", "value": css })),
             )
             .await;
-        let id = el[ELEMENT_KEY]
+        el[ELEMENT_KEY]
             .as_str()
             .unwrap_or_else(|| panic!("no element {css}: {el}"))
-            .to_owned();
+            .to_owned()
+    }
+
+    /// Clicks the first element matching `css`, as a user would, and waits for the
+    /// navigation it starts to leave the current page.
+    pub(crate) async fn click(&self, css: &str) {
+        let from = self.current_url().await;
+        let id = self.find(css).await;
         self.call(
             reqwest::Method::POST,
             &format!("/element/{id}/click"),
             Some(json!({})),
         )
         .await;
+        self.wait_to_leave(&from, css).await;
+    }
+
+    /// Focuses the first element matching `css` and presses Enter on it, as a
+    /// keyboard user would, and waits for the navigation it starts.
+    pub(crate) async fn press_enter_on(&self, css: &str) {
+        let from = self.current_url().await;
+        let id = self.find(css).await;
+        let script = format!(
+            "const e = document.querySelector({}); e.focus(); return document.activeElement === e;",
+            json!(css)
+        );
+        assert_eq!(self.eval(&script).await, true, "{css} takes the focus");
+        // U+E007 is WebDriver's Enter key.
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{id}/value"),
+            Some(json!({ "text": "\u{E007}" })),
+        )
+        .await;
+        self.wait_to_leave(&from, css).await;
+    }
+
+    async fn wait_to_leave(&self, from: &str, what: &str) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.current_url().await == from {
-            assert!(Instant::now() < deadline, "click on {css} went nowhere");
+            assert!(Instant::now() < deadline, "{what} went nowhere");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.wait_for(
