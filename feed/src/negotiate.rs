@@ -124,17 +124,21 @@ pub fn negotiate_format(accept: Option<&str>) -> Format {
 
 /// Picks the content-coding for an `Accept-Encoding` header: the highest q wins, ties
 /// go to zstd, br, gzip in that order, and identity is used when nothing else is
-/// acceptable (RFC 9110 12.5.3 allows sending identity then).
+/// acceptable (RFC 9110 12.5.3 allows sending identity then). An explicit
+/// `identity;q=` takes part like any coding (`gzip;q=0.5, identity` means identity),
+/// losing ties to compression.
 pub fn negotiate_coding(accept_encoding: Option<&str>) -> Coding {
     let Some(header) = accept_encoding else {
         return Coding::Identity;
     };
     let mut best = (Coding::Identity, 0.0f32);
     let mut star = None;
+    let mut identity: Option<f32> = None;
     let mut explicit = Vec::new();
     for (name, q) in weighted(header) {
         match name.as_str() {
             "*" => star = Some(q),
+            "identity" => identity = Some(identity.map_or(q, |i| i.max(q))),
             "gzip" | "x-gzip" => explicit.push((Coding::Gzip, q)),
             "br" => explicit.push((Coding::Br, q)),
             "zstd" => explicit.push((Coding::Zstd, q)),
@@ -155,7 +159,10 @@ pub fn negotiate_coding(accept_encoding: Option<&str>) -> Coding {
             best = (coding, q);
         }
     }
-    best.0
+    match identity {
+        Some(i) if i > best.1 => Coding::Identity,
+        _ => best.0,
+    }
 }
 
 /// Whether an `If-None-Match` header matches `etag` (weak comparison, RFC 9110
@@ -232,6 +239,11 @@ mod tests {
             (Some("gzip;q=0"), Coding::Identity),
             (Some("GZIP;Q=1"), Coding::Gzip),
             (Some("deflate"), Coding::Identity),
+            (Some("gzip;q=0.5, identity"), Coding::Identity),
+            (Some("identity, gzip;q=0.5"), Coding::Identity),
+            (Some("gzip, identity"), Coding::Gzip),
+            (Some("identity;q=0.2, br;q=0.5"), Coding::Br),
+            (Some("*;q=0.4, identity;q=0.6"), Coding::Identity),
         ];
         for (ae, want) in cases {
             assert_eq!(negotiate_coding(ae), want, "Accept-Encoding: {ae:?}");

@@ -324,6 +324,7 @@ proptest! {
             archive: true,
             head_position: None,
             empty_updated: Utc.timestamp_micros(0).single().expect("epoch"),
+            prev_archive_digest: Some("00ff"),
         }, &events);
         prop_assert_eq!(rfc4287_violations(&xml), Vec::<String>::new());
         let back = atom::parse_feed(&xml).expect("parse");
