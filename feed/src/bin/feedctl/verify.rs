@@ -96,19 +96,50 @@ fn digest(body: &[u8]) -> String {
         .collect()
 }
 
-/// What the walk found wrong, each with the first position it affects (if any).
+/// How precisely a problem locates the divergence.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Where {
+    /// At this very position.
+    Exact(u64),
+    /// Somewhere in the page that starts at this position (a hash chain link).
+    Page(u64),
+    Nowhere,
+}
+
+/// What the walk found wrong, each with where it diverges.
 #[derive(Default)]
-struct Problems(Vec<(Option<u64>, String)>);
+struct Problems(Vec<(Where, String)>);
 
 impl Problems {
     fn at(&mut self, position: u64, text: String) {
-        self.0.push((Some(position), text));
+        self.0.push((Where::Exact(position), text));
+    }
+    fn in_page(&mut self, from: u64, text: String) {
+        self.0.push((Where::Page(from), text));
     }
     fn other(&mut self, text: String) {
-        self.0.push((None, text));
+        self.0.push((Where::Nowhere, text));
     }
-    fn first_position(&self) -> Option<u64> {
-        self.0.iter().filter_map(|(p, _)| *p).min()
+    /// The first position known to diverge; failing that, the first page.
+    fn summary(&self) -> String {
+        let exact = self.0.iter().filter_map(|(w, _)| match w {
+            Where::Exact(p) => Some(*p),
+            _ => None,
+        });
+        let page = self.0.iter().filter_map(|(w, _)| match w {
+            Where::Page(p) => Some(*p),
+            _ => None,
+        });
+        match (exact.min(), page.min()) {
+            (Some(p), Some(page)) if page < p => format!(
+                "; history diverges at position {p} (and in the page starting at position {page})"
+            ),
+            (Some(p), _) => format!("; history diverges at position {p}"),
+            (None, Some(page)) => {
+                format!("; history diverges in the page starting at position {page}")
+            }
+            (None, None) => String::new(),
+        }
     }
 }
 
@@ -272,11 +303,11 @@ pub(crate) async fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
         }
         if let Some((prev_url, prev_from, prev_digest)) = &prev {
             match &d.prev_archive_digest {
-                None => problems.at(
+                None => problems.in_page(
                     *prev_from,
                     format!("{url}: no ev:prevArchiveDigest for {prev_url}"),
                 ),
-                Some(recorded) if recorded != prev_digest => problems.at(
+                Some(recorded) if recorded != prev_digest => problems.in_page(
                     *prev_from,
                     format!(
                         "{prev_url} was rewritten: {url} records digest {recorded}, the page downloads as {prev_digest}"
@@ -397,10 +428,7 @@ pub(crate) async fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     for (_, p) in &problems.0 {
         eprintln!("feedctl: problem: {p}");
     }
-    let at = problems
-        .first_position()
-        .map(|p| format!("; history diverges at position {p}"))
-        .unwrap_or_default();
+    let at = problems.summary();
     eprintln!(
         "feedctl: error: {} problem(s) in {}{at}",
         problems.0.len(),
