@@ -327,6 +327,61 @@ mod tests {
         );
     }
 
+    /// Cases for the parser properties: 10,000 by default, `PROPTEST_CASES` for more.
+    fn parser_cases() -> ProptestConfig {
+        let cases = std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10_000);
+        ProptestConfig {
+            cases,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(parser_cases())]
+
+        #[test]
+        fn range_parser_never_panics_on_any_text(
+            s in prop::collection::vec(any::<char>(), 0..40).prop_map(String::from_iter)
+        ) {
+            let _ = s.parse::<PageRange>();
+        }
+
+        #[test]
+        fn range_parser_never_panics_on_digits_and_dashes(
+            s in prop::collection::vec(prop::sample::select(&['0', '1', '9', '-', '+', ' '][..]), 0..45)
+                .prop_map(String::from_iter)
+        ) {
+            if let Ok(r) = s.parse::<PageRange>() {
+                // Accepted means canonical: it prints back to the same text.
+                prop_assert_eq!(r.to_string(), s);
+                prop_assert!(1 <= r.from && r.from <= r.to);
+            }
+        }
+
+        #[test]
+        fn every_range_has_exactly_one_spelling(from in 1u64..=i64::MAX as u64, len in 0u64..1_000_000) {
+            let to = from.saturating_add(len).min(i64::MAX as u64);
+            let r = PageRange { from, to };
+            prop_assert_eq!(r.to_string().parse::<PageRange>(), Ok(r));
+            let padded = format!("0{from}-{to}");
+            prop_assert!(padded.parse::<PageRange>().is_err());
+        }
+
+        #[test]
+        fn positions_parse_only_in_canonical_decimal(n in any::<u64>(), junk in "[^0-9]{1,3}") {
+            let text = n.to_string();
+            prop_assert_eq!(parse_position(&text), (n <= i64::MAX as u64).then_some(n));
+            let prefixed = format!("{junk}{text}");
+            let suffixed = format!("{text}{junk}");
+            prop_assert_eq!(parse_position(&prefixed), None);
+            prop_assert_eq!(parse_position(&suffixed), None);
+        }
+    }
+
     proptest! {
         #[test]
         fn walking_next_from_first_visits_every_sealed_position_once(
@@ -360,9 +415,5 @@ mod tests {
             prop_assert_eq!(expect_to, 0);
         }
 
-        #[test]
-        fn range_parser_never_panics(s in "\\PC{0,40}") {
-            let _ = s.parse::<PageRange>();
-        }
     }
 }
