@@ -6,6 +6,17 @@
 //! that was ever sealed keeps its range, its URL and its bytes. A page is *sealed*
 //! once the head has reached its last position; the *head document* holds the
 //! positions after the last sealed page (possibly none).
+//!
+//! # Why the newest sealed page links a page that does not exist yet
+//!
+//! A sealed page's `next-archive` is the permanent URL of the page after it, even
+//! while that page is still being filled (the server then answers `307` to the head,
+//! with `Cache-Control: max-age=1` so that no cache keeps the redirect). The two
+//! alternatives both break a promise: linking the head would change the sealed
+//! page's bytes when the next page seals (so it could not be immutable), and
+//! leaving the link out would strand a reader walking forward at the newest sealed
+//! page. This is also why a new page size starts only after the page being filled:
+//! that page's range is already published.
 
 use std::fmt;
 use std::str::FromStr;
