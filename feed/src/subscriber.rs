@@ -12,9 +12,14 @@
 //! long poll (`Prefer: wait`) once caught up, and backs off with jitter while the
 //! producer is unreachable. A gap in positions, a malformed document, a sealed page
 //! whose bytes changed, a broken hash chain (a page whose `ev:prevArchiveDigest` is
-//! not the digest of the page before it, as this subscriber downloaded it) or a head
-//! behind the checkpoint stop the subscription with an error and the checkpoint as it
-//! was: those mean the producer broke its promise, and retrying would not help.
+//! not the digest of the page before it, as this subscriber downloaded it) stop the
+//! subscription with an error and the checkpoint as it was: those mean the producer
+//! broke its promise, and retrying would not help. A head behind the checkpoint is
+//! not such a case: HTTP caches may serve a stale head for seconds
+//! (`stale-while-revalidate`) or a day (`stale-if-error`), so it counts as nothing
+//! new, and the next conditional long poll reaches the producer. A producer that
+//! really lost events is found by the hash chain once it grows again, and by
+//! `feedctl verify`.
 //!
 //! Several instances of one subscription may run at once (replicas of a service on
 //! one PostgreSQL database, or two `feedctl replay` into one log). The checkpoint
@@ -105,16 +110,6 @@ pub enum SubscribeError {
         /// The digest of the page as downloaded.
         actual: String,
     },
-    /// The producer's head is behind the checkpoint (fatal): its log lost events.
-    #[error("feed {url} ends at position {head}, but position {checkpoint} was already applied")]
-    Truncated {
-        /// The head document.
-        url: String,
-        /// The producer's last position.
-        head: Position,
-        /// The subscriber's checkpoint.
-        checkpoint: Position,
-    },
     /// The producer answered with an error status (retried).
     #[error("{url} answered HTTP {status}")]
     Http {
@@ -154,7 +149,6 @@ impl SubscribeError {
                 | Self::Malformed { .. }
                 | Self::PageChanged { .. }
                 | Self::ChainBroken { .. }
-                | Self::Truncated { .. }
         )
     }
 }
@@ -554,11 +548,7 @@ impl<H: Handler> Subscriber<H> {
     async fn apply(&mut self, cp: Checkpoint, f: Fetched) -> Result<Progress, SubscribeError> {
         if let Some(head) = f.doc.head_position {
             if head < cp.position {
-                return Err(SubscribeError::Truncated {
-                    url: f.url,
-                    head,
-                    checkpoint: cp.position,
-                });
+                tracing::debug!(subscription = %self.config.name, head, checkpoint = cp.position, "the head is behind the checkpoint: a stale cached copy");
             }
             self.status.head.fetch_max(head, Ordering::Relaxed);
         }
