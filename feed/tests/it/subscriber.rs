@@ -684,3 +684,45 @@ async fn events_of_types_the_handler_does_not_know_are_skipped_and_the_checkpoin
     let positions: Vec<i64> = rows(&db).await.into_iter().map(|r| r.0).collect();
     assert_eq!(positions, [1, 3, 5, 7, 9, 11]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_document_is_refused_while_it_downloads() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = sent.clone();
+    // A chunked body without a length that never ends: 1 MiB chunks, forever.
+    let app = axum::Router::new().fallback(move || {
+        let counter = counter.clone();
+        async move {
+            let chunks = futures::stream::repeat_with(move || {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b' '; 1024 * 1024]))
+            });
+            axum::body::Body::from_stream(chunks)
+        }
+    });
+    let _server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut sub = Subscriber::new(
+        fast("replica", format!("{base}/feed")),
+        replica_db(&dir).await,
+        Replica,
+    );
+    let err = tokio::time::timeout(Duration::from_secs(60), sub.poll_once())
+        .await
+        .expect("refused, not read forever")
+        .expect_err("too large");
+    assert!(matches!(err, SubscribeError::Malformed { .. }), "{err}");
+    assert!(err.to_string().contains("larger than"), "{err}");
+    let mib = sent.load(std::sync::atomic::Ordering::Relaxed);
+    let limit_mib = (feed::atom::MAX_DOCUMENT_BYTES / (1024 * 1024)) as u64;
+    assert!(
+        mib <= limit_mib + 16,
+        "{mib} MiB were produced before the refusal"
+    );
+}
