@@ -222,7 +222,7 @@ async fn main() {
         let src = EventLog::connect(&path(&format!("src-{size}.db")))
             .await
             .expect("log");
-        src.page_layout(Some(size)).await.expect("layout");
+        src.configure_page_size(Some(size)).await.expect("layout");
         for chunk in all.chunks(5000) {
             let mut tx = src.begin().await.expect("begin");
             src.import(&mut tx, chunk).await.expect("import");

@@ -108,6 +108,9 @@ pub struct FeedMeta<'a> {
     pub head_position: Option<Position>,
     /// `atom:updated` when there are no entries.
     pub empty_updated: DateTime<Utc>,
+    /// SHA-256 (hex) of the Atom bytes of the `prev-archive` page: the hash chain
+    /// (see [`crate::server`]). None only where there is no older page.
+    pub prev_archive_digest: Option<&'a str>,
 }
 
 /// Renders a feed document; `entries` oldest first (they are written newest first).
@@ -133,6 +136,11 @@ pub fn render_feed(meta: &FeedMeta<'_>, entries: &[Event]) -> String {
     }
     if let Some(head) = meta.head_position {
         let _ = writeln!(out, "<ev:headPosition>{head}</ev:headPosition>");
+    }
+    if let Some(digest) = meta.prev_archive_digest {
+        out.push_str("<ev:prevArchiveDigest>");
+        escape_text(&mut out, digest);
+        out.push_str("</ev:prevArchiveDigest>\n");
     }
     for e in entries.iter().rev() {
         write_entry(&mut out, e, meta.base_url, None, None);
@@ -273,6 +281,8 @@ pub struct ParsedFeed {
     pub archive: bool,
     /// The producer's last position (head documents only).
     pub head_position: Option<Position>,
+    /// The digest of the `prev-archive` page's bytes, as the producer recorded it.
+    pub prev_archive_digest: Option<String>,
     /// Entries, oldest first.
     pub entries: Vec<Event>,
 }
@@ -281,7 +291,10 @@ pub struct ParsedFeed {
 /// is about 0.5 MB).
 pub const MAX_DOCUMENT_BYTES: usize = 64 * 1024 * 1024;
 
-/// Reads a feed document.
+/// Reads a feed document. Besides the XML, it checks what RFC 4287 requires of a
+/// feed (`atom:id`, `atom:title`, `atom:updated`) and that a head's
+/// `ev:headPosition` is its newest entry's position: a head claiming more than it
+/// holds would make a subscriber skip events.
 pub fn parse_feed(xml: &str) -> Result<ParsedFeed, AtomError> {
     if xml.len() > MAX_DOCUMENT_BYTES {
         return err("document too large");
@@ -295,10 +308,23 @@ pub fn parse_feed(xml: &str) -> Result<ParsedFeed, AtomError> {
         links: Links::default(),
         archive: false,
         head_position: None,
+        prev_archive_digest: None,
         entries: Vec::new(),
     };
+    let (mut id, mut title, mut updated) = (false, false, false);
     for child in root.children().filter(|n| n.is_element()) {
         match (child.tag_name().namespace(), child.tag_name().name()) {
+            (Some(ATOM_NS), "id") => id = !text_of(child).trim().is_empty(),
+            (Some(ATOM_NS), "title") => title = true,
+            (Some(ATOM_NS), "updated") => {
+                let t = text_of(child);
+                DateTime::parse_from_rfc3339(t.trim())
+                    .map_err(|e| AtomError(format!("feed atom:updated {:?}: {e}", truncate(&t))))?;
+                updated = true;
+            }
+            (Some(EV_NS), "prevArchiveDigest") => {
+                feed.prev_archive_digest = Some(text_of(child).trim().to_owned());
+            }
             (Some(ATOM_NS), "link") => read_link(child, &mut feed.links),
             (Some(ATOM_NS), "entry") => feed.entries.push(read_entry(child)?),
             (Some(FH_NS), "archive") => feed.archive = true,
@@ -308,7 +334,24 @@ pub fn parse_feed(xml: &str) -> Result<ParsedFeed, AtomError> {
             _ => {}
         }
     }
+    for (present, what) in [
+        (id, "atom:id"),
+        (title, "atom:title"),
+        (updated, "atom:updated"),
+    ] {
+        if !present {
+            return err(format!("feed without {what}"));
+        }
+    }
     feed.entries.sort_by_key(|e| e.position);
+    if let (Some(head), Some(newest)) = (feed.head_position, feed.entries.last())
+        && newest.position != head
+    {
+        return err(format!(
+            "the head says the log ends at position {head}, but its newest entry is {}",
+            newest.position
+        ));
+    }
     Ok(feed)
 }
 

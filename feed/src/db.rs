@@ -67,9 +67,13 @@ pub struct Database {
 }
 
 /// Turns what a user typed into a URL sqlx accepts: a bare path means a SQLite file,
-/// created if missing.
+/// created if missing. A URL of any other scheme (`mysql://...`) is returned as it is,
+/// so that [`Backend::of_url`] refuses it instead of it becoming a file name.
 pub fn normalize_url(input: &str) -> String {
     if input.starts_with("postgres:") || input.starts_with("postgresql:") {
+        return input.to_owned();
+    }
+    if !input.starts_with("sqlite:") && has_scheme(input) {
         return input.to_owned();
     }
     let url = if input.starts_with("sqlite:") {
@@ -84,6 +88,16 @@ pub fn normalize_url(input: &str) -> String {
     } else {
         format!("{url}?mode=rwc")
     }
+}
+
+/// Whether `s` starts with `scheme://` (RFC 3986 scheme characters).
+fn has_scheme(s: &str) -> bool {
+    s.split_once("://").is_some_and(|(scheme, _)| {
+        scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    })
 }
 
 impl Database {
@@ -179,6 +193,27 @@ impl Database {
 
 use sqlx::SqlSafeStr as _;
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_become_sqlite_urls_and_unknown_schemes_are_refused() {
+        assert_eq!(normalize_url("data/x.db"), "sqlite://data/x.db?mode=rwc");
+        assert_eq!(normalize_url("sqlite::memory:"), "sqlite::memory:");
+        assert_eq!(normalize_url("postgres://u@h/db"), "postgres://u@h/db");
+        for bad in ["mysql://u@h/db", "http://h/x.db", "MSSQL+odbc://x"] {
+            assert!(
+                matches!(
+                    Backend::of_url(&normalize_url(bad)),
+                    Err(DbError::BadUrl(_))
+                ),
+                "{bad} accepted"
+            );
+        }
+    }
+}
+
 /// The embedded SQL of one owner, for both backends: `(version, description, sql)`.
 #[derive(Debug, Clone, Copy)]
 pub struct MigrationSet {
@@ -193,14 +228,28 @@ pub struct MigrationSet {
 /// The feed's own tables: the event log and the subscribers' checkpoints.
 pub const FEED_MIGRATIONS: MigrationSet = MigrationSet {
     owner: "feed",
-    sqlite: &[(
-        1,
-        "event log",
-        include_str!("../../migrations/feed/sqlite/0001_event_log.sql"),
-    )],
-    postgres: &[(
-        1,
-        "event log",
-        include_str!("../../migrations/feed/postgres/0001_event_log.sql"),
-    )],
+    sqlite: &[
+        (
+            1,
+            "event log",
+            include_str!("../../migrations/feed/sqlite/0001_event_log.sql"),
+        ),
+        (
+            2,
+            "layout version and page digests",
+            include_str!("../../migrations/feed/sqlite/0002_layout_version_and_page_digests.sql"),
+        ),
+    ],
+    postgres: &[
+        (
+            1,
+            "event log",
+            include_str!("../../migrations/feed/postgres/0001_event_log.sql"),
+        ),
+        (
+            2,
+            "layout version and page digests",
+            include_str!("../../migrations/feed/postgres/0002_layout_version_and_page_digests.sql"),
+        ),
+    ],
 };

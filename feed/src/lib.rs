@@ -73,8 +73,10 @@
 //! - [`atom`]: events to Atom documents and back; how the JSON travels.
 //! - [`html`]: the same documents as HTML pages for browsers; the landing page.
 //! - [`negotiate`]: Accept, Accept-Encoding, If-None-Match and Prefer parsing (pure).
-//! - [`server`]: the axum routes with caching headers, compression and long polls.
-//! - [`subscriber`]: following a feed with checkpoints, backoff and verification.
+//! - [`server`]: the axum routes with caching headers, compression, long polls, the
+//!   hash chain of sealed pages, and limits against hostile clients; `serve`.
+//! - [`subscriber`]: following a feed with checkpoints (compare-and-set, so several
+//!   instances may run), backoff and verification (gaps, changed pages, the chain).
 //! - `testing` (feature `testing`): throwaway PostgreSQL clusters for tests.
 //!
 //! The `feedctl` binary serves, appends to, tails, mirrors and verifies feeds.

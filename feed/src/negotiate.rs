@@ -124,17 +124,21 @@ pub fn negotiate_format(accept: Option<&str>) -> Format {
 
 /// Picks the content-coding for an `Accept-Encoding` header: the highest q wins, ties
 /// go to zstd, br, gzip in that order, and identity is used when nothing else is
-/// acceptable (RFC 9110 12.5.3 allows sending identity then).
+/// acceptable (RFC 9110 12.5.3 allows sending identity then). An explicit
+/// `identity;q=` takes part like any coding (`gzip;q=0.5, identity` means identity),
+/// losing ties to compression.
 pub fn negotiate_coding(accept_encoding: Option<&str>) -> Coding {
     let Some(header) = accept_encoding else {
         return Coding::Identity;
     };
     let mut best = (Coding::Identity, 0.0f32);
     let mut star = None;
+    let mut identity: Option<f32> = None;
     let mut explicit = Vec::new();
     for (name, q) in weighted(header) {
         match name.as_str() {
             "*" => star = Some(q),
+            "identity" => identity = Some(identity.map_or(q, |i| i.max(q))),
             "gzip" | "x-gzip" => explicit.push((Coding::Gzip, q)),
             "br" => explicit.push((Coding::Br, q)),
             "zstd" => explicit.push((Coding::Zstd, q)),
@@ -155,7 +159,10 @@ pub fn negotiate_coding(accept_encoding: Option<&str>) -> Coding {
             best = (coding, q);
         }
     }
-    best.0
+    match identity {
+        Some(i) if i > best.1 => Coding::Identity,
+        _ => best.0,
+    }
 }
 
 /// Whether an `If-None-Match` header matches `etag` (weak comparison, RFC 9110
@@ -232,6 +239,11 @@ mod tests {
             (Some("gzip;q=0"), Coding::Identity),
             (Some("GZIP;Q=1"), Coding::Gzip),
             (Some("deflate"), Coding::Identity),
+            (Some("gzip;q=0.5, identity"), Coding::Identity),
+            (Some("identity, gzip;q=0.5"), Coding::Identity),
+            (Some("gzip, identity"), Coding::Gzip),
+            (Some("identity;q=0.2, br;q=0.5"), Coding::Br),
+            (Some("*;q=0.4, identity;q=0.6"), Coding::Identity),
         ];
         for (ae, want) in cases {
             assert_eq!(negotiate_coding(ae), want, "Accept-Encoding: {ae:?}");
@@ -261,13 +273,91 @@ mod tests {
         assert_eq!(prefer_wait(Vec::<&str>::new()), None);
     }
 
+    /// 10,000 cases by default, `PROPTEST_CASES` for more.
+    fn parser_cases() -> ProptestConfig {
+        let cases = std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10_000);
+        ProptestConfig {
+            cases,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// Header-shaped text: tokens, q values, separators and a little garbage.
+    fn arb_list_header() -> impl Strategy<Value = String> {
+        let token = prop_oneof![
+            Just("gzip"),
+            Just("br"),
+            Just("zstd"),
+            Just("identity"),
+            Just("*"),
+            Just("deflate"),
+            Just("text/html"),
+            Just("application/atom+xml"),
+            Just("*/*"),
+            Just("wait"),
+            Just(""),
+        ];
+        let param = prop_oneof![
+            (0u32..=1000).prop_map(|q| format!(";q={}", f64::from(q) / 1000.0)),
+            Just(";q=".to_owned()),
+            Just(";q=2".to_owned()),
+            Just(";Q=0".to_owned()),
+            Just("=\"5\"".to_owned()),
+            Just("=-1".to_owned()),
+            prop::collection::vec(any::<char>(), 0..6).prop_map(String::from_iter),
+        ];
+        prop::collection::vec((token, prop::option::of(param)), 0..8).prop_map(|items| {
+            items
+                .into_iter()
+                .map(|(t, p)| format!("{t}{}", p.unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+    }
+
     proptest! {
+        #![proptest_config(parser_cases())]
+
         #[test]
-        fn header_parsers_never_panic(s in "\\PC{0,80}") {
+        fn header_parsers_never_panic(
+            s in prop::collection::vec(any::<char>(), 0..80).prop_map(String::from_iter)
+        ) {
             let _ = negotiate_format(Some(&s));
             let _ = negotiate_coding(Some(&s));
             let _ = if_none_match(&s, "\"a\"");
             let _ = prefer_wait([s.as_str()]);
+        }
+
+    }
+
+    proptest! {
+        // Building structured headers costs more per case: a fifth of the cases keeps
+        // `cargo test` at a few seconds.
+        #![proptest_config(ProptestConfig { cases: (parser_cases().cases / 5).max(1), ..parser_cases() })]
+
+        #[test]
+        fn header_parsers_keep_their_promises_on_header_shaped_input(s in arb_list_header()) {
+            let _ = negotiate_format(Some(&s));
+            // A compression named once, with q=0, is never chosen.
+            let coding = negotiate_coding(Some(&s));
+            if let Some(name) = coding.header() {
+                let items: Vec<String> = s
+                    .split(',')
+                    .map(|item| item.trim().to_ascii_lowercase())
+                    .filter(|item| item.split(';').next() == Some(name))
+                    .collect();
+                let refused = items.len() == 1 && matches!(items[0].split_once(';'), Some((_, "q=0" | "q=0.0")));
+                prop_assert!(!refused, "{name} chosen although refused in {s:?}");
+            }
+            if let Some(wait) = prefer_wait([s.as_str()]) {
+                prop_assert!(wait <= MAX_WAIT);
+            }
+            prop_assert!(if_none_match("*", "\"x\""));
+            let _ = if_none_match(&s, "\"gzip\"");
         }
     }
 }

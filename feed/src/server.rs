@@ -15,13 +15,41 @@
 //! script are served under `/feed/_assets/`, and a 404 asked for as HTML becomes a
 //! page with a way back.
 //!
-//! Caching follows DESIGN.md section 4: sealed pages and events are immutable for a
+//! Caching follows DESIGN.md section 4: sealed pages are immutable for a
 //! year with strong ETags derived from their bytes (so the same page
 //! has the same ETag after a restart and on every replica); the head's ETag is derived
 //! from the last position without rendering anything, so a conditional poll costs one
 //! indexed read. Each content-coding has its own ETag (RFC 9110 8.8.3.3), which is
 //! why compression happens here rather than in a generic middleware. Rendered and
 //! compressed immutable documents are kept in a memory cache bounded in bytes.
+//!
+//! An event document links `up` to the document holding the event, and that changes
+//! once: from the head to the sealed page when the page fills. So only an event whose
+//! page is sealed is served immutable (and kept in the memory cache), with its
+//! archive page as `up`; until then it is served like the head (`max-age=1`,
+//! revalidated, rendered on every request) with `up` naming the head. What is marked
+//! immutable therefore never changes, on any replica, before or after a restart.
+//!
+//! # The hash chain
+//!
+//! Every sealed page and the head carry `ev:prevArchiveDigest`: the SHA-256 (hex) of
+//! the identity-coded Atom bytes of the page their `prev-archive` link names. The
+//! first page has no predecessor and no such element. Digests are recorded in
+//! `feed_page_digests`, in position order, the first time a page is rendered after
+//! it is sealed, so serving page N reads one stored digest instead of re-rendering
+//! the pages before it; a page that no longer renders to its recorded digest (the
+//! log was edited under the feed) is logged as an error, and subscribers and
+//! `feedctl verify` see the broken link.
+//!
+//! # Hostile clients
+//!
+//! The routes accept GET and HEAD only (405 otherwise), refuse request bodies over
+//! [`MAX_REQUEST_BODY`] (413) and header sections over [`MAX_HEADER_BYTES`] (431), and
+//! hold at most [`FeedConfig::max_long_polls_per_client`] long polls per client
+//! address at once (429 with `Retry-After` beyond that); every refusal is
+//! problem+json. [`serve`] adds a header read timeout against slow clients. Database
+//! failures become a generic 503 (500 for unreadable rows), logged once here, so no
+//! SQL, file path or driver message reaches a client.
 //!
 //! HTML differs where DESIGN.md's caching table says so: weak ETags that carry the
 //! template version ([`crate::html::version_tag`]), so a new template is picked up
@@ -32,7 +60,9 @@
 //! Absolute links come from the configured base URL, never from the request's Host or
 //! X-Forwarded-* headers, so a cache in front can never store a poisoned page.
 
+use std::collections::HashMap;
 use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -67,7 +97,15 @@ const VARY: &str = "Accept, Accept-Encoding";
 const VARY_HEAD: &str = "Accept, Accept-Encoding, Prefer";
 /// Bumped whenever the Atom writer's output changes, so position-derived ETags change
 /// with it.
-const RENDER_VERSION: u32 = 1;
+const RENDER_VERSION: u32 = 2;
+/// The largest request body the feed routes accept (they are GET-only: a body is
+/// never read, and a large one is refused with 413 before anything else).
+pub const MAX_REQUEST_BODY: u64 = 4 * 1024;
+/// The largest header section (request line plus headers) the feed routes accept
+/// (431 beyond). Browsers and feed readers send well under 8 KiB.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Long polls one client address may hold at once unless configured otherwise.
+pub const DEFAULT_LONG_POLLS_PER_CLIENT: usize = 8;
 
 /// How a feed server is set up.
 #[derive(Debug, Clone)]
@@ -84,6 +122,9 @@ pub struct FeedConfig {
     /// The landing page the HTML pages link back to in their breadcrumb (e.g. the
     /// gateway's `http://127.0.0.1:8080/`), configured like `base_url`.
     pub home_url: Option<String>,
+    /// Long polls one client address may hold at once (429 beyond; 0: no limit).
+    /// Behind a gateway every subscriber has the gateway's address: raise it there.
+    pub max_long_polls_per_client: usize,
 }
 
 impl FeedConfig {
@@ -95,6 +136,7 @@ impl FeedConfig {
             page_size: None,
             cache_bytes: 64 * 1024 * 1024,
             home_url: None,
+            max_long_polls_per_client: DEFAULT_LONG_POLLS_PER_CLIENT,
         }
     }
 }
@@ -111,14 +153,17 @@ struct Inner {
     base: String,
     name: String,
     feed_id: String,
-    layout: PageLayout,
-    stream_layout: PageLayout,
     /// Highest head position seen: anything at or below it exists for sure, so
     /// requests for immutable documents there need no head lookup.
     known_head: AtomicU64,
     base_tag: String,
     docs: moka::future::Cache<DocKey, Rendered>,
     home: Option<String>,
+    /// One task at a time extends the hash chain.
+    chain: tokio::sync::Mutex<()>,
+    /// Long polls being held, per client address.
+    long_polls: std::sync::Mutex<HashMap<IpAddr, usize>>,
+    max_long_polls_per_client: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -132,13 +177,16 @@ enum DocKey {
 struct Rendered {
     body: Bytes,
     etag: Arc<str>,
+    /// The `Link` header, where it is not known without rendering.
+    link: Option<Arc<str>>,
 }
 
 impl FeedServer {
-    /// Sets up the server for `log`, recording the page size in the log.
+    /// Sets up the server for `log`. The page layout is recorded in the log (see
+    /// [`EventLog::configure_page_size`]): a configured size that differs from the one
+    /// in force applies from the next page boundary, on every server of the log.
     pub async fn new(log: EventLog, config: FeedConfig) -> Result<Self, StoreError> {
-        let layout = log.page_layout(config.page_size).await?;
-        let stream_layout = PageLayout::uniform(layout.segments()[0].size);
+        log.configure_page_size(config.page_size).await?;
         let base = config.base_url.trim_end_matches('/').to_owned();
         let digest = Sha256::digest(base.as_bytes());
         let base_tag = hex(&digest[..4]);
@@ -155,11 +203,12 @@ impl FeedServer {
                 log,
                 base,
                 name: config.name,
-                layout,
-                stream_layout,
                 base_tag,
                 docs,
                 home: config.home_url,
+                chain: tokio::sync::Mutex::new(()),
+                long_polls: std::sync::Mutex::new(HashMap::new()),
+                max_long_polls_per_client: config.max_long_polls_per_client,
             }),
         })
     }
@@ -169,9 +218,14 @@ impl FeedServer {
         &self.inner.log
     }
 
-    /// The page layout in force.
-    pub fn layout(&self) -> &PageLayout {
-        &self.inner.layout
+    /// The page layout in force (as of the last head read).
+    pub fn layout(&self) -> Arc<PageLayout> {
+        self.inner.log.layout()
+    }
+
+    /// Streams are paged by stream version with the log's first page size.
+    fn stream_layout(&self) -> PageLayout {
+        PageLayout::uniform(self.layout().segments()[0].size)
     }
 
     /// The public base URL.
@@ -195,6 +249,7 @@ impl FeedServer {
                 self.clone(),
                 html_not_found,
             ))
+            .layer(axum::middleware::from_fn(refuse_hostile))
     }
 
     async fn head_position(&self) -> Result<Position, StoreError> {
@@ -258,6 +313,19 @@ impl FeedServer {
         }
     }
 
+    /// The events of sealed page `range`, all of them: a page with a hole would be
+    /// sealed with the hole in it forever.
+    async fn read_sealed(&self, range: PageRange) -> Result<Vec<Event>, StoreError> {
+        let entries = self.inner.log.read_range(range.from, range.to).await?;
+        if entries.len() as u64 != range.len() {
+            return Err(StoreError::Corrupt {
+                position: range.from as i64,
+                reason: format!("sealed page {range} holds only {} events", entries.len()),
+            });
+        }
+        Ok(entries)
+    }
+
     /// The event at `position`, known to be at or below the head.
     async fn read_event_below_head(&self, position: Position) -> Result<Event, StoreError> {
         self.inner
@@ -270,9 +338,98 @@ impl FeedServer {
             })
     }
 
+    /// The digest of sealed page `page` in the hash chain, recording the chain up
+    /// to it first where it is not recorded yet (in order, one task at a time).
+    async fn chain_digest(&self, page: PageRange) -> Result<String, StoreError> {
+        let log = &self.inner.log;
+        let base = &self.inner.base;
+        if let Some((_, d)) = log.page_digest(base, page.from).await? {
+            return Ok(d);
+        }
+        let _one_at_a_time = self.inner.chain.lock().await;
+        if let Some((_, d)) = log.page_digest(base, page.from).await? {
+            return Ok(d);
+        }
+        let layout = self.layout();
+        let (mut next, mut prev) = match log.last_page_digest(base).await? {
+            None => (layout.page_of(1), None),
+            Some((_, to, d)) if to < page.from => (layout.page_of(to + 1), Some(d)),
+            Some((from, to, _)) => {
+                return Err(StoreError::Corrupt {
+                    position: page.from as i64,
+                    reason: format!("page {page} has no digest although page {from}-{to} has one"),
+                });
+            }
+        };
+        loop {
+            let entries = self.read_sealed(next).await?;
+            let nav = layout.page_navigation(next);
+            let doc = self.render_page(
+                Which::Log,
+                &nav,
+                &entries,
+                None,
+                DateTime::<Utc>::UNIX_EPOCH,
+                prev.as_deref(),
+            );
+            let digest = hex(&Sha256::digest(doc.as_bytes()));
+            let digest = log
+                .record_page_digest(base, next.from, next.to, &digest)
+                .await?
+                .unwrap_or(digest);
+            if next.from >= page.from {
+                return Ok(digest);
+            }
+            prev = Some(digest);
+            next = layout.page_of(next.to + 1);
+        }
+    }
+
+    /// Records the digest of sealed page `range` rendered as `doc`, or, when one is
+    /// recorded already and differs, logs that the log was changed under the feed.
+    async fn check_chain(&self, range: PageRange, doc: &str) -> Result<(), StoreError> {
+        let digest = hex(&Sha256::digest(doc.as_bytes()));
+        let before = self
+            .inner
+            .log
+            .record_page_digest(&self.inner.base, range.from, range.to, &digest)
+            .await?;
+        if let Some(recorded) = before
+            && recorded != digest
+        {
+            tracing::error!(
+                page = %range,
+                recorded = %recorded,
+                now = %digest,
+                "a sealed page no longer renders to its recorded digest: its events were changed in the database"
+            );
+        }
+        Ok(())
+    }
+
+    /// The digest of the sealed page before `range` (None for the first page).
+    async fn prev_digest(&self, range: Option<PageRange>) -> Result<Option<String>, StoreError> {
+        match range {
+            Some(r) => Ok(Some(self.chain_digest(r).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The links of the entry document of `event`: `up` is its sealed page, or the
+    /// head while that page is being filled.
+    fn event_links(&self, position: Position, event: &Event, head: Position) -> Links {
+        Links {
+            this: Some(format!("{}/feed/events/{position}", self.inner.base)),
+            current: Some(self.url(Doc::Head)),
+            related: Some(self.stream_url(&event.stream, Doc::Head)),
+            up: Some(self.page_url_of(position, head)),
+            ..Links::default()
+        }
+    }
+
     /// The document holding `position`: its sealed page, or the head.
     fn page_url_of(&self, position: Position, head: Position) -> String {
-        let page = self.inner.layout.page_of(position);
+        let page = self.layout().page_of(position);
         if page.to <= head {
             self.url(Doc::Page(page))
         } else {
@@ -293,10 +450,10 @@ impl FeedServer {
     ) -> String {
         let links = self.links(nav, |d| self.doc_url(which, d));
         let (feed, page_size) = match which {
-            Which::Log => (html::Feed::Log, self.inner.layout.current_size()),
+            Which::Log => (html::Feed::Log, self.layout().current_size()),
             Which::Stream(stream) => (
                 html::Feed::Stream(stream),
-                self.inner.stream_layout.current_size(),
+                self.stream_layout().current_size(),
             ),
         };
         html::render_page(&html::PageView {
@@ -322,6 +479,7 @@ impl FeedServer {
         entries: &[Event],
         head: Option<Position>,
         empty_updated: DateTime<Utc>,
+        prev_archive_digest: Option<&str>,
     ) -> String {
         let links = self.links(nav, |d| self.doc_url(which, d));
         let (mut title, id) = match which {
@@ -348,6 +506,7 @@ impl FeedServer {
                 archive,
                 head_position: head,
                 empty_updated,
+                prev_archive_digest,
             },
             entries,
         )
@@ -412,8 +571,11 @@ fn split_suffix(s: &str) -> (&str, Option<Format>) {
 enum FeedError {
     /// 404, cacheable for one second: the document may exist soon.
     NotFound(String),
-    /// 503: the database is unavailable.
+    /// 503 when the database fails, 500 when a stored row cannot be read: a generic
+    /// body either way, the cause logged here once.
     Unavailable(Arc<StoreError>),
+    /// 429: the client holds too many long polls.
+    TooManyLongPolls,
 }
 
 impl From<StoreError> for FeedError {
@@ -428,13 +590,31 @@ impl IntoResponse for FeedError {
             Self::NotFound(detail) => problem(StatusCode::NOT_FOUND, &detail, NOT_FOUND_CACHE),
             Self::Unavailable(e) => {
                 tracing::error!(error = %e, "feed request failed");
+                if matches!(*e, StoreError::Db(_)) {
+                    let mut r = problem(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the event log is unavailable; retry shortly",
+                        "no-store",
+                    );
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    r
+                } else {
+                    problem(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the event log could not be read; the operator has been told",
+                        "no-store",
+                    )
+                }
+            }
+            Self::TooManyLongPolls => {
                 let mut r = problem(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the event log is unavailable; retry shortly",
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many long polls from this address at once; retry later",
                     "no-store",
                 );
                 r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
                 r
             }
         }
@@ -464,6 +644,92 @@ pub fn problem(status: StatusCode, detail: &str, cache_control: &'static str) ->
         body.to_string(),
     )
         .into_response()
+}
+
+/// Refuses what a feed route never needs before any work is done: methods other
+/// than GET and HEAD (405), a request body (413 past [`MAX_REQUEST_BODY`]) and an
+/// oversized header section (431 past [`MAX_HEADER_BYTES`]).
+async fn refuse_hostile(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
+        let mut r = problem(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("feeds are read-only: {} is not allowed", req.method()),
+            "no-store",
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let header_bytes = req.uri().to_string().len()
+        + req
+            .headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    if header_bytes > MAX_HEADER_BYTES {
+        return problem(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            &format!("the request's headers exceed {MAX_HEADER_BYTES} bytes"),
+            "no-store",
+        );
+    }
+    let body_len = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if body_len.is_some_and(|n| n > MAX_REQUEST_BODY) {
+        return problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("feed requests carry no body (at most {MAX_REQUEST_BODY} bytes)"),
+            "no-store",
+        );
+    }
+    next.run(req).await
+}
+
+/// A long poll's place in the per-address count, given back when dropped.
+struct LongPollSlot {
+    server: FeedServer,
+    ip: IpAddr,
+}
+
+impl LongPollSlot {
+    /// Takes a place for `ip`, or None when it holds the most it may already.
+    fn take(server: &FeedServer, ip: IpAddr) -> Option<Self> {
+        let limit = server.inner.max_long_polls_per_client;
+        let mut polls = server
+            .inner
+            .long_polls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let held = polls.entry(ip).or_insert(0);
+        if limit > 0 && *held >= limit {
+            return None;
+        }
+        *held += 1;
+        Some(Self {
+            server: server.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for LongPollSlot {
+    fn drop(&mut self) {
+        let mut polls = self
+            .server
+            .inner
+            .long_polls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(held) = polls.get_mut(&self.ip) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                polls.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Turns a 404's problem+json into an HTML page when the request wanted HTML, so a
@@ -517,16 +783,35 @@ fn not_found(what: impl Into<String>) -> FeedError {
     FeedError::NotFound(what.into())
 }
 
-async fn head(State(s): State<FeedServer>, headers: HeaderMap) -> Result<Response, FeedError> {
-    serve_head(s, headers, None).await
+/// The client's address, when the server was started with connection info (as
+/// [`serve`] does).
+fn client_ip(ext: &http::Extensions) -> Option<IpAddr> {
+    ext.get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
 }
 
-async fn head_atom(State(s): State<FeedServer>, headers: HeaderMap) -> Result<Response, FeedError> {
-    serve_head(s, headers, Some(Format::Atom)).await
+async fn head(
+    State(s): State<FeedServer>,
+    ext: http::Extensions,
+    headers: HeaderMap,
+) -> Result<Response, FeedError> {
+    serve_head(s, client_ip(&ext), headers, None).await
 }
 
-async fn head_html(State(s): State<FeedServer>, headers: HeaderMap) -> Result<Response, FeedError> {
-    serve_head(s, headers, Some(Format::Html)).await
+async fn head_atom(
+    State(s): State<FeedServer>,
+    ext: http::Extensions,
+    headers: HeaderMap,
+) -> Result<Response, FeedError> {
+    serve_head(s, client_ip(&ext), headers, Some(Format::Atom)).await
+}
+
+async fn head_html(
+    State(s): State<FeedServer>,
+    ext: http::Extensions,
+    headers: HeaderMap,
+) -> Result<Response, FeedError> {
+    serve_head(s, client_ip(&ext), headers, Some(Format::Html)).await
 }
 
 /// The embedded stylesheet and script, under content-hashed (so immutable) names.
@@ -536,6 +821,7 @@ async fn asset(Path(file): Path<String>, headers: HeaderMap) -> Result<Response,
     let rendered = Rendered {
         etag: format!("\"{}.{}\"", a.hash, coding.etag_tag()).into(),
         body: encode(a.body.as_bytes().to_vec(), coding).await,
+        link: None,
     };
     let mut r = immutable(
         &headers,
@@ -553,6 +839,7 @@ async fn asset(Path(file): Path<String>, headers: HeaderMap) -> Result<Response,
 
 async fn serve_head(
     s: FeedServer,
+    client: Option<IpAddr>,
     headers: HeaderMap,
     suffix: Option<Format>,
 ) -> Result<Response, FeedError> {
@@ -572,6 +859,10 @@ async fn serve_head(
     if let (Some(inm), Some(wait)) = (&inm, wait)
         && negotiate::if_none_match(inm, &etag)
     {
+        let _slot = match client {
+            Some(ip) => Some(LongPollSlot::take(&s, ip).ok_or(FeedError::TooManyLongPolls)?),
+            None => None,
+        };
         applied = Some(wait);
         drop(rx);
         head = s.inner.log.wait_for_append(head, wait).await?;
@@ -596,16 +887,36 @@ async fn serve_head(
     {
         return Ok(not_modified(common));
     }
-    let start = s.inner.layout.head_start(head);
+    let layout = s.layout();
+    let start = layout.head_start(head);
     let entries = s.inner.log.read_range(start, head).await?;
+    if entries.len() as u64 != (head + 1 - start) {
+        return Err(FeedError::Unavailable(Arc::new(StoreError::Corrupt {
+            position: start as i64,
+            reason: format!(
+                "the head holds {} of positions {start}..={head}",
+                entries.len()
+            ),
+        })));
+    }
     let empty_updated = if entries.is_empty() {
         s.updated_before(start - 1).await?
     } else {
         DateTime::<Utc>::UNIX_EPOCH
     };
-    let nav = s.inner.layout.head_navigation(head);
+    let nav = layout.head_navigation(head);
     let doc = match w.format {
-        Format::Atom => s.render_page(Which::Log, &nav, &entries, Some(head), empty_updated),
+        Format::Atom => {
+            let prev = s.prev_digest(nav.prev).await?;
+            s.render_page(
+                Which::Log,
+                &nav,
+                &entries,
+                Some(head),
+                empty_updated,
+                prev.as_deref(),
+            )
+        }
         Format::Html => s.render_html_page(Which::Log, &nav, &entries, start, head, Some(&etag)),
     };
     let links = s.links(&nav, |d| s.url(d)).to_header();
@@ -621,7 +932,7 @@ async fn serve_head(
 
 /// The head's ETag, from its last position without rendering anything.
 fn head_etag(s: &FeedServer, head: Position, w: Want) -> String {
-    let start = s.inner.layout.head_start(head);
+    let start = s.layout().head_start(head);
     let tag = format!("h{head}-{start}.{}", s.inner.base_tag);
     variant_etag(&tag, w)
 }
@@ -650,10 +961,11 @@ async fn archive(
         .parse()
         .map_err(|e: crate::page::RangeError| not_found(e.to_string()))?;
     let head = s.head_at_least(range.to).await?;
-    if s.inner.layout.is_filling_page(range, head) {
+    let layout = s.layout();
+    if layout.is_filling_page(range, head) {
         return Ok(to_head(&s.url(Doc::Head)));
     }
-    if !s.inner.layout.is_sealed_page(range, head) {
+    if !layout.is_sealed_page(range, head) {
         return Err(not_found(format!(
             "{range} is not a sealed page of this feed"
         )));
@@ -664,16 +976,22 @@ async fn archive(
         .inner
         .docs
         .try_get_with(key, async move {
-            let entries = s2.inner.log.read_range(range.from, range.to).await?;
-            let nav = s2.inner.layout.page_navigation(range);
+            let entries = s2.read_sealed(range).await?;
+            let nav = s2.layout().page_navigation(range);
             let doc = match w.format {
-                Format::Atom => s2.render_page(
-                    Which::Log,
-                    &nav,
-                    &entries,
-                    None,
-                    DateTime::<Utc>::UNIX_EPOCH,
-                ),
+                Format::Atom => {
+                    let prev = s2.prev_digest(nav.prev).await?;
+                    let doc = s2.render_page(
+                        Which::Log,
+                        &nav,
+                        &entries,
+                        None,
+                        DateTime::<Utc>::UNIX_EPOCH,
+                        prev.as_deref(),
+                    );
+                    s2.check_chain(range, &doc).await?;
+                    doc
+                }
                 Format::Html => {
                     s2.render_html_page(Which::Log, &nav, &entries, range.from, range.to, None)
                 }
@@ -682,7 +1000,7 @@ async fn archive(
         })
         .await
         .map_err(FeedError::Unavailable)?;
-    let nav = s.inner.layout.page_navigation(range);
+    let nav = layout.page_navigation(range);
     let links = s.links(&nav, |d| s.url(d)).to_header();
     let location = format!("{}/feed/archive/{range}{}", s.inner.base, w.format.suffix());
     Ok(immutable(
@@ -706,10 +1024,17 @@ async fn event(
     let position = parse_position(pos_str)
         .filter(|p| *p > 0)
         .ok_or_else(|| not_found(format!("{pos_str:?} is not a position")))?;
-    let head = s.head_at_least(position).await?;
+    let mut head = s.head_at_least(position).await?;
     if position > head {
         return Err(not_found(format!("no event at position {position} yet")));
     }
+    let page = s.layout().page_of(position);
+    if page.to > head {
+        // The remembered head may be behind: only the database says whether the
+        // page is still being filled.
+        head = s.head_position().await?;
+    }
+    let sealed = page.to <= head;
     let location = format!(
         "{}/feed/events/{position}{}",
         s.inner.base,
@@ -721,53 +1046,60 @@ async fn event(
         // behind another replica's appends), and until the event's page is sealed both
         // links may still change, so the page is then only as cacheable as the head.
         let head = s.head_position().await?;
+        let sealed = page.to <= head;
         let event = s.read_event_below_head(position).await?;
-        let page = s.page_url_of(position, head);
-        let settled = s.inner.layout.page_of(position).to <= head;
+        let link_header = Some(s.event_links(position, &event, head).to_header());
+        let page_url = s.page_url_of(position, head);
         let doc = html::render_event(&html::EventView {
             service: &s.inner.name,
             base: &s.inner.base,
             home: s.inner.home.as_deref(),
             event: &event,
-            page_url: &page,
+            page_url: &page_url,
             has_next: position < head,
         });
         let rendered = finish(doc, w).await;
+        let cache = if sealed { HTML_CACHE } else { HEAD_CACHE };
         return Ok(immutable(
             &headers,
             rendered,
             w.coding,
-            if settled { HTML_CACHE } else { HEAD_CACHE },
+            cache,
             location,
-            None,
+            link_header,
             HTML_MEDIA_TYPE,
         ));
     }
-    let s2 = s.clone();
-    let rendered = s
-        .inner
-        .docs
-        .try_get_with(DocKey::Event(position, w.coding), async move {
-            let event = s2.read_event_below_head(position).await?;
-            let links = Links {
-                this: Some(format!("{}/feed/events/{position}", s2.inner.base)),
-                current: Some(s2.url(Doc::Head)),
-                related: Some(s2.stream_url(&event.stream, Doc::Head)),
-                up: Some(s2.page_url_of(position, head)),
-                ..Links::default()
-            };
-            let xml = atom::render_entry(&event, &s2.inner.name, &s2.inner.base, &links);
-            Ok::<_, StoreError>(finish(xml, w).await)
-        })
-        .await
-        .map_err(FeedError::Unavailable)?;
+    let render = {
+        let s = s.clone();
+        async move {
+            let event = s.read_event_below_head(position).await?;
+            let links = s.event_links(position, &event, head);
+            let xml = atom::render_entry(&event, &s.inner.name, &s.inner.base, &links);
+            let mut rendered = finish(xml, w).await;
+            rendered.link = Some(links.to_header().into());
+            Ok::<_, StoreError>(rendered)
+        }
+    };
+    let (rendered, cache) = if sealed {
+        let r = s
+            .inner
+            .docs
+            .try_get_with(DocKey::Event(position, w.coding), render)
+            .await
+            .map_err(FeedError::Unavailable)?;
+        (r, IMMUTABLE)
+    } else {
+        (render.await?, HEAD_CACHE)
+    };
+    let link_header = rendered.link.as_deref().map(str::to_owned);
     Ok(immutable(
         &headers,
         rendered,
         w.coding,
-        IMMUTABLE,
+        cache,
         location,
-        None,
+        link_header,
         ENTRY_MEDIA_TYPE,
     ))
 }
@@ -784,7 +1116,7 @@ async fn stream_head(
     if version == 0 {
         return Err(not_found(format!("no stream {stream}")));
     }
-    let layout = &s.inner.stream_layout;
+    let layout = &s.stream_layout();
     let etag = variant_etag(&format!("s{version}.{stream}.{}", s.inner.base_tag), w);
     let location = format!("{}/streams/{stream}{}", s.inner.base, w.format.suffix());
     let common = vec![
@@ -808,6 +1140,7 @@ async fn stream_head(
             &entries,
             None,
             DateTime::<Utc>::UNIX_EPOCH,
+            None,
         ),
         Format::Html => {
             s.render_html_page(Which::Stream(&stream), &nav, &entries, start, version, None)
@@ -836,7 +1169,7 @@ async fn stream_archive(
         .parse()
         .map_err(|e: crate::page::RangeError| not_found(e.to_string()))?;
     let version = s.inner.log.stream_version(&stream).await?;
-    let layout = s.inner.stream_layout.clone();
+    let layout = s.stream_layout();
     if layout.is_filling_page(range, version) {
         return Ok(to_head(&s.stream_url(&stream, Doc::Head)));
     }
@@ -862,6 +1195,7 @@ async fn stream_archive(
                         &entries,
                         None,
                         DateTime::<Utc>::UNIX_EPOCH,
+                        None,
                     ),
                     Format::Html => s2.render_html_page(
                         Which::Stream(&st),
@@ -877,7 +1211,7 @@ async fn stream_archive(
         )
         .await
         .map_err(FeedError::Unavailable)?;
-    let nav = s.inner.stream_layout.page_navigation(range);
+    let nav = s.stream_layout().page_navigation(range);
     let links = s.links(&nav, |d| s.stream_url(&stream, d)).to_header();
     let location = format!(
         "{}/streams/{stream}/archive/{range}{}",
@@ -918,7 +1252,11 @@ async fn finish(doc: String, w: Want) -> Rendered {
     }
     .into();
     let body = encode(doc.into_bytes(), w.coding).await;
-    Rendered { body, etag }
+    Rendered {
+        body,
+        etag,
+        link: None,
+    }
 }
 
 fn immutable(
@@ -1041,18 +1379,92 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves.
+/// Connection limits of [`serve_with`].
+#[derive(Debug, Clone, Copy)]
+pub struct ServeLimits {
+    /// A client must send its whole request head within this time, or the
+    /// connection is closed (against slowloris clients that trickle bytes to hold
+    /// connections open).
+    pub header_read_timeout: Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, with the default
+/// [`ServeLimits`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    serve_with(listener, router, shutdown, ServeLimits::default()).await
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then waits for the
+/// requests in flight. Each request carries its client's address as
+/// `ConnectInfo<SocketAddr>`. Headers beyond hyper's read buffer (four times
+/// [`MAX_HEADER_BYTES`]) get hyper's own bare 431; the routes answer problem+json
+/// for everything smaller.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    limits: ServeLimits,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tower::ServiceExt as _;
+
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(4 * MAX_HEADER_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(4 * MAX_HEADER_BYTES).unwrap_or(u32::MAX));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let router = router.clone();
+        let service =
+            hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(addr));
+                router.clone().oneshot(req)
+            });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(client = %addr, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// How long a long poll waits at most.

@@ -13,11 +13,21 @@
 //!   a mismatch is [`AppendError::Conflict`] and nothing is written.
 //! - **Events are never updated or deleted.**
 //!
+//! - **The database holds the page layout.** Every process serving the log keeps a
+//!   copy of `feed_page_sizes` and the `feed_head.layout_version` it was read at;
+//!   [`EventLog::head`] reads the version with the position, and reloads the layout
+//!   when it moved. A size change is written under the append lock and starts after
+//!   the page being filled, so any position a process has seen the head reach is laid
+//!   out the same in its copy and in the database: replicas never disagree on page
+//!   ranges, links or ETags.
+//!
 //! Waking long polls: PostgreSQL appends `pg_notify` in the appending transaction, so
 //! listeners hear of an append exactly when it commits. SQLite has no notifications,
 //! so while someone is waiting a background task asks `PRAGMA data_version` (which
 //! changes when any other connection commits, from this process or another) every
-//! couple of milliseconds; nobody waiting, nothing runs.
+//! couple of milliseconds; nobody waiting, nothing runs. A `:memory:` database has
+//! a single connection and no other process, so there the task reads the head
+//! through the log's own pool instead.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -111,6 +121,8 @@ pub struct EventLog {
 struct Changes {
     head: watch::Sender<Position>,
     waiter_arrived: Notify,
+    /// The page layout and the `layout_version` it was read at.
+    layout: std::sync::RwLock<(i64, Arc<PageLayout>)>,
 }
 
 impl EventLog {
@@ -123,8 +135,13 @@ impl EventLog {
             changes: Arc::new(Changes {
                 head,
                 waiter_arrived: Notify::new(),
+                layout: std::sync::RwLock::new((-1, Arc::new(default_layout()))),
             }),
         };
+        log.head().await.map_err(|e| match e {
+            StoreError::Db(e) => DbError::Connect(e),
+            other => DbError::Connect(sqlx::Error::Protocol(other.to_string())),
+        })?;
         log.spawn_change_watcher();
         Ok(log)
     }
@@ -147,7 +164,9 @@ impl EventLog {
     /// Appends `events`, in order, inside the caller's transaction. Returns each
     /// event's position; events whose id is already in the log are not written again
     /// and report their original position. `expected` is checked against the stream
-    /// of the first event, and then only when the batch is not a pure retry.
+    /// of the first event whenever the batch holds a new event: a pure retry (every id
+    /// already stored) returns the original positions without a check, but a batch
+    /// that mixes stored and new events is checked like any other.
     pub async fn append(
         &self,
         tx: &mut AnyConnection,
@@ -194,7 +213,7 @@ impl EventLog {
                 .collect()
         };
         let mut versions = stream_versions(tx, &streams).await?;
-        if existing.is_empty() {
+        {
             let stream = &events[0].stream;
             let actual = versions.get(stream.as_str()).copied().unwrap_or(0);
             let ok = match expected {
@@ -301,12 +320,38 @@ impl EventLog {
         Ok(())
     }
 
-    /// The last committed position (0 for an empty log).
+    /// The last committed position (0 for an empty log). Also reloads the page
+    /// layout when another process changed it (see the module doc).
     pub async fn head(&self) -> Result<Position, StoreError> {
-        let p: i64 = sqlx::query_scalar("SELECT position FROM feed_head WHERE id = 1")
-            .fetch_one(self.db.pool())
-            .await?;
+        let (p, version): (i64, i64) =
+            sqlx::query_as("SELECT position, layout_version FROM feed_head WHERE id = 1")
+                .fetch_one(self.db.pool())
+                .await?;
+        if version != self.layout_version() {
+            let layout = read_layout(self.db.pool()).await?;
+            self.set_layout(version, layout.unwrap_or_else(default_layout));
+        }
         Ok(p as Position)
+    }
+
+    fn layout_version(&self) -> i64 {
+        self.changes.layout.read().map_or(-1, |l| l.0)
+    }
+
+    fn set_layout(&self, version: i64, layout: PageLayout) {
+        if let Ok(mut slot) = self.changes.layout.write()
+            && version > slot.0
+        {
+            *slot = (version, Arc::new(layout));
+        }
+    }
+
+    /// The page layout as of the last head read.
+    pub fn layout(&self) -> Arc<PageLayout> {
+        match self.changes.layout.read() {
+            Ok(l) => l.1.clone(),
+            Err(poisoned) => poisoned.into_inner().1.clone(),
+        }
     }
 
     /// Events with `from <= position <= to`, oldest first.
@@ -357,45 +402,106 @@ impl EventLog {
         Ok(v.unwrap_or(0) as u64)
     }
 
-    /// The log's page layout, switching to `page_size` for pages not yet sealed when
-    /// it differs from the stored one (see [`PageLayout::with_size_from_head`]).
-    pub async fn page_layout(&self, page_size: Option<u64>) -> Result<PageLayout, StoreError> {
+    /// Records the page layout before the log is first served: a log without one
+    /// gets `page_size` (or [`crate::DEFAULT_PAGE_SIZE`]) from position 1; a log with
+    /// one switches to `page_size` for the pages after the one being filled (see
+    /// [`PageLayout::with_size_from_head`]) unless it is the size in force already.
+    /// A change is written once, under the append lock, and every process serving the
+    /// log picks it up at its next head read. Returns the layout now in force.
+    pub async fn configure_page_size(
+        &self,
+        page_size: Option<u64>,
+    ) -> Result<Arc<PageLayout>, StoreError> {
         let mut tx = self.begin().await?;
         let head = lock_head(&mut tx).await?;
-        let rows: Vec<(i64, i64)> = sqlx::query_as(
-            "SELECT from_position, page_size FROM feed_page_sizes ORDER BY from_position",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        let stored = PageLayout::from_segments(
-            rows.into_iter()
-                .map(|(from, size)| Segment {
-                    from: from as u64,
-                    size: size as u64,
-                })
-                .collect(),
-        );
-        let wanted = match (&stored, page_size) {
-            (Some(layout), Some(size)) => layout.with_size_from_head(size, head),
-            (Some(layout), None) => layout.clone(),
+        let wanted = match (read_layout(&mut *tx).await?, page_size) {
             (None, size) => PageLayout::uniform(size.unwrap_or(crate::DEFAULT_PAGE_SIZE)),
+            (Some(stored), Some(size)) if stored.current_size() != size.max(1) => {
+                stored.with_size_from_head(size, head)
+            }
+            (Some(_), _) => {
+                tx.rollback().await?;
+                self.head().await?;
+                return Ok(self.layout());
+            }
         };
-        if stored.as_ref() != Some(&wanted) {
-            sqlx::query("DELETE FROM feed_page_sizes")
-                .execute(&mut *tx)
-                .await?;
-            for s in wanted.segments() {
-                sqlx::query(
-                    "INSERT INTO feed_page_sizes (from_position, page_size) VALUES ($1, $2)",
-                )
+        sqlx::query("DELETE FROM feed_page_sizes")
+            .execute(&mut *tx)
+            .await?;
+        for s in wanted.segments() {
+            sqlx::query("INSERT INTO feed_page_sizes (from_position, page_size) VALUES ($1, $2)")
                 .bind(s.from as i64)
                 .bind(s.size as i64)
                 .execute(&mut *tx)
                 .await?;
-            }
         }
+        let version: i64 = sqlx::query_scalar(
+            "UPDATE feed_head SET layout_version = layout_version + 1 WHERE id = 1 \
+             RETURNING layout_version",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(wanted)
+        self.set_layout(version, wanted);
+        Ok(self.layout())
+    }
+
+    /// The stored digest of the sealed page starting at `from` in the chain of
+    /// `base_url`: `(to, digest)`.
+    pub(crate) async fn page_digest(
+        &self,
+        base_url: &str,
+        from: Position,
+    ) -> Result<Option<(Position, String)>, StoreError> {
+        let row: Option<(i64, String)> = sqlx::query_as(
+            "SELECT to_position, digest FROM feed_page_digests \
+             WHERE base_url = $1 AND from_position = $2",
+        )
+        .bind(base_url)
+        .bind(from as i64)
+        .fetch_optional(self.db.pool())
+        .await?;
+        Ok(row.map(|(to, d)| (to as Position, d)))
+    }
+
+    /// The newest recorded page of the chain of `base_url`: `(from, to, digest)`.
+    pub(crate) async fn last_page_digest(
+        &self,
+        base_url: &str,
+    ) -> Result<Option<(Position, Position, String)>, StoreError> {
+        let row: Option<(i64, i64, String)> = sqlx::query_as(
+            "SELECT from_position, to_position, digest FROM feed_page_digests \
+             WHERE base_url = $1 ORDER BY from_position DESC LIMIT 1",
+        )
+        .bind(base_url)
+        .fetch_optional(self.db.pool())
+        .await?;
+        Ok(row.map(|(f, t, d)| (f as Position, t as Position, d)))
+    }
+
+    /// Records the digest of a sealed page; returns the digest stored before if
+    /// another one was recorded already (by this or another process).
+    pub(crate) async fn record_page_digest(
+        &self,
+        base_url: &str,
+        from: Position,
+        to: Position,
+        digest: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO feed_page_digests (base_url, from_position, to_position, digest) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (base_url, from_position) DO NOTHING",
+        )
+        .bind(base_url)
+        .bind(from as i64)
+        .bind(to as i64)
+        .bind(digest)
+        .execute(self.db.pool())
+        .await?;
+        if done.rows_affected() == 1 {
+            return Ok(None);
+        }
+        Ok(self.page_digest(base_url, from).await?.map(|(_, d)| d))
     }
 
     /// A receiver of the head position as appends commit. Holding one is what makes
@@ -436,6 +542,9 @@ impl EventLog {
         match self.db.backend() {
             Backend::Postgres => {
                 tokio::spawn(watch_postgres(url, changes));
+            }
+            Backend::Sqlite if url.contains(":memory:") => {
+                tokio::spawn(watch_sqlite_memory(self.db.clone(), changes));
             }
             Backend::Sqlite => {
                 tokio::spawn(watch_sqlite(url, changes));
@@ -541,6 +650,31 @@ async fn watch_sqlite(url: String, changes: std::sync::Weak<Changes>) {
     }
 }
 
+/// How often an in-memory log's head is read while a long poll waits.
+const MEMORY_CHANGE_CHECK: Duration = Duration::from_millis(10);
+
+/// The change watcher of a `:memory:` log: its only connection is the pool's, and
+/// nothing outside this process can write to it, so reading the head through the pool
+/// sees every append.
+async fn watch_sqlite_memory(db: Database, changes: std::sync::Weak<Changes>) {
+    loop {
+        let Some(c) = changes.upgrade() else { return };
+        if c.head.receiver_count() == 0 {
+            let _ = tokio::time::timeout(Duration::from_secs(1), c.waiter_arrived.notified()).await;
+            continue;
+        }
+        let head: Result<i64, sqlx::Error> =
+            sqlx::query_scalar("SELECT position FROM feed_head WHERE id = 1")
+                .fetch_one(db.pool())
+                .await;
+        if let Ok(p) = head {
+            c.head.send_if_modified(|h| bump(h, p as Position));
+        }
+        drop(c);
+        tokio::time::sleep(MEMORY_CHANGE_CHECK).await;
+    }
+}
+
 fn bump(h: &mut Position, p: Position) -> bool {
     if p > *h {
         *h = p;
@@ -548,6 +682,39 @@ fn bump(h: &mut Position, p: Position) -> bool {
     } else {
         false
     }
+}
+
+/// The layout of a log that has none stored yet.
+fn default_layout() -> PageLayout {
+    PageLayout::uniform(crate::DEFAULT_PAGE_SIZE)
+}
+
+/// The stored page layout, if any.
+async fn read_layout<'c, E>(db: E) -> Result<Option<PageLayout>, StoreError>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
+    let rows: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT from_position, page_size FROM feed_page_sizes ORDER BY from_position",
+    )
+    .fetch_all(db)
+    .await?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    PageLayout::from_segments(
+        rows.into_iter()
+            .map(|(from, size)| Segment {
+                from: from as u64,
+                size: size as u64,
+            })
+            .collect(),
+    )
+    .map(Some)
+    .ok_or(StoreError::Corrupt {
+        position: 0,
+        reason: "feed_page_sizes does not form a page layout".into(),
+    })
 }
 
 /// Takes the append lock (see the module doc) and returns the current head.

@@ -10,9 +10,24 @@
 //! starts at the head's `first` link; otherwise at the page the checkpoint was saved
 //! on, then `next-archive` until the head. At the head it polls conditionally, with a
 //! long poll (`Prefer: wait`) once caught up, and backs off with jitter while the
-//! producer is unreachable. A gap in positions, a malformed document or a sealed page
-//! whose bytes changed stop the subscription with an error and the checkpoint as it
-//! was: those mean the producer broke its promise, and retrying would not help.
+//! producer is unreachable. A gap in positions, a malformed document, a sealed page
+//! whose bytes changed, a broken hash chain (a page whose `ev:prevArchiveDigest` is
+//! not the digest of the page before it, as this subscriber downloaded it) stop the
+//! subscription with an error and the checkpoint as it was: those mean the producer
+//! broke its promise, and retrying would not help. A head behind the checkpoint is
+//! not such a case: HTTP caches may serve a stale head for seconds
+//! (`stale-while-revalidate`) or a day (`stale-if-error`), so it counts as nothing
+//! new, and the next conditional long poll reaches the producer. A producer that
+//! really lost events is found by the hash chain once it grows again, and by
+//! `feedctl verify`.
+//!
+//! Several instances of one subscription may run at once (replicas of a service on
+//! one PostgreSQL database, or two `feedctl replay` into one log). The checkpoint
+//! update is therefore a compare-and-set on the position this instance read, and it
+//! is the first statement of the handler's transaction: the instance that loses waits
+//! for the winner's commit, finds the position moved, rolls back without running its
+//! handler, and continues from the checkpoint the winner saved. After any failure,
+//! including a commit whose outcome is unknown, the checkpoint is read again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -80,6 +95,21 @@ pub enum SubscribeError {
         /// The page.
         url: String,
     },
+    /// A document's `ev:prevArchiveDigest` is not the digest of the page it names as
+    /// `prev-archive` (fatal): the history before it was rewritten.
+    #[error(
+        "hash chain broken at {url}: it records {recorded} for {prev}, which was downloaded as {actual}"
+    )]
+    ChainBroken {
+        /// The document carrying the digest.
+        url: String,
+        /// Its `prev-archive` page.
+        prev: String,
+        /// The digest the document records.
+        recorded: String,
+        /// The digest of the page as downloaded.
+        actual: String,
+    },
     /// The producer answered with an error status (retried).
     #[error("{url} answered HTTP {status}")]
     Http {
@@ -115,7 +145,10 @@ impl SubscribeError {
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
-            Self::Gap { .. } | Self::Malformed { .. } | Self::PageChanged { .. }
+            Self::Gap { .. }
+                | Self::Malformed { .. }
+                | Self::PageChanged { .. }
+                | Self::ChainBroken { .. }
         )
     }
 }
@@ -215,6 +248,8 @@ struct Checkpoint {
     position: Position,
     page_url: Option<String>,
     page_digest: Option<String>,
+    /// Whether the row exists (the compare-and-set then updates it, else inserts it).
+    stored: bool,
 }
 
 /// Where the next step goes.
@@ -325,11 +360,13 @@ impl<H: Handler> Subscriber<H> {
                 position: 0,
                 page_url: None,
                 page_digest: None,
+                stored: false,
             },
             |(p, page_url, page_digest)| Checkpoint {
                 position: p as Position,
                 page_url,
                 page_digest,
+                stored: true,
             },
         );
         self.status.checkpoint.store(c.position, Ordering::Relaxed);
@@ -393,8 +430,11 @@ impl<H: Handler> Subscriber<H> {
             Ok(_) => self.status.set_error(None),
             Err(e) => {
                 self.status.set_error(Some(e.to_string()));
-                // After any failure, find the way again from the checkpoint.
+                // After any failure, read the checkpoint again (a commit may have
+                // failed after it took effect, or another instance moved it) and find
+                // the way from it.
                 self.cursor = Cursor::Locate;
+                self.checkpoint = None;
             }
         }
         result
@@ -507,6 +547,9 @@ impl<H: Handler> Subscriber<H> {
 
     async fn apply(&mut self, cp: Checkpoint, f: Fetched) -> Result<Progress, SubscribeError> {
         if let Some(head) = f.doc.head_position {
+            if head < cp.position {
+                tracing::debug!(subscription = %self.config.name, head, checkpoint = cp.position, "the head is behind the checkpoint: a stale cached copy");
+            }
             self.status.head.fetch_max(head, Ordering::Relaxed);
         }
         let new: Vec<&Event> = f
@@ -546,6 +589,48 @@ impl<H: Handler> Subscriber<H> {
         let page_url = f.doc.links.this.clone().unwrap_or_else(|| f.url.clone());
         let page_digest = f.doc.archive.then(|| f.digest.clone());
         let mut tx = self.db.begin().await?;
+        // The compare-and-set comes first, so a competing instance of this
+        // subscription waits on the checkpoint row here rather than after running its
+        // handler (see the module doc).
+        let now = atom::format_time(&chrono::Utc::now());
+        let moved = if cp.stored {
+            sqlx::query(
+                "UPDATE feed_checkpoints SET position = $2, page_url = $3, page_digest = $4, \
+                 updated_at = $5 WHERE subscription = $1 AND position = $6",
+            )
+            .bind(&self.config.name)
+            .bind(last as i64)
+            .bind(&page_url)
+            .bind(page_digest.as_deref())
+            .bind(&now)
+            .bind(cp.position as i64)
+            .execute(&mut *tx)
+            .await?
+        } else {
+            sqlx::query(
+                "INSERT INTO feed_checkpoints (subscription, position, page_url, page_digest, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (subscription) DO NOTHING",
+            )
+            .bind(&self.config.name)
+            .bind(last as i64)
+            .bind(&page_url)
+            .bind(page_digest.as_deref())
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?
+        }
+        .rows_affected();
+        if moved != 1 {
+            tx.rollback().await?;
+            self.checkpoint = None;
+            self.cursor = Cursor::Locate;
+            let now_at = self.load_checkpoint().await?.position;
+            tracing::debug!(subscription = %self.config.name, checkpoint = now_at, "another instance applied these events first");
+            return Ok(Progress::Applied {
+                events: 0,
+                position: now_at,
+            });
+        }
         self.handler
             .handle_batch(&mut tx, &events)
             .await
@@ -553,24 +638,12 @@ impl<H: Handler> Subscriber<H> {
                 position: cp.position + 1,
                 source,
             })?;
-        sqlx::query(
-            "INSERT INTO feed_checkpoints (subscription, position, page_url, page_digest, updated_at) \
-             VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (subscription) DO UPDATE SET position = excluded.position, \
-             page_url = excluded.page_url, page_digest = excluded.page_digest, updated_at = excluded.updated_at",
-        )
-        .bind(&self.config.name)
-        .bind(last as i64)
-        .bind(&page_url)
-        .bind(page_digest.as_deref())
-        .bind(atom::format_time(&chrono::Utc::now()))
-        .execute(&mut *tx)
-        .await?;
         tx.commit().await?;
         self.checkpoint = Some(Checkpoint {
             position: last,
             page_url: Some(page_url),
             page_digest,
+            stored: true,
         });
         self.status.checkpoint.store(last, Ordering::Relaxed);
         self.status.head.fetch_max(last, Ordering::Relaxed);
@@ -630,7 +703,7 @@ impl<H: Handler> Subscriber<H> {
             .get(reqwest::header::ETAG)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let body = resp.bytes().await.map_err(unreachable)?;
+        let body = read_limited(resp, url).await?;
         let digest = hex(&Sha256::digest(&body));
         let text = std::str::from_utf8(&body).map_err(|e| SubscribeError::Malformed {
             url: url.to_owned(),
@@ -643,6 +716,7 @@ impl<H: Handler> Subscriber<H> {
         if let Some(head) = doc.head_position {
             self.status.head.fetch_max(head, Ordering::Relaxed);
         }
+        self.check_chain(url, &doc)?;
         if doc.archive {
             match self.seen.get(url) {
                 Some(d) if *d != digest => {
@@ -666,6 +740,67 @@ impl<H: Handler> Subscriber<H> {
             etag,
         })))
     }
+}
+
+impl<H> Subscriber<H> {
+    /// Checks `doc`'s link into the hash chain against the digest of its
+    /// `prev-archive` page as this subscriber downloaded it, where that is known.
+    fn check_chain(&self, url: &str, doc: &ParsedFeed) -> Result<(), SubscribeError> {
+        let (Some(prev), Some(recorded)) = (&doc.links.prev_archive, &doc.prev_archive_digest)
+        else {
+            return Ok(());
+        };
+        let from_checkpoint = self.checkpoint.as_ref().and_then(|c| {
+            (c.page_url.as_ref() == Some(prev))
+                .then(|| c.page_digest.clone())
+                .flatten()
+        });
+        let Some(actual) = self.seen.get(prev).cloned().or(from_checkpoint) else {
+            return Ok(());
+        };
+        if *recorded != actual {
+            return Err(SubscribeError::ChainBroken {
+                url: url.to_owned(),
+                prev: prev.clone(),
+                recorded: recorded.clone(),
+                actual,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Reads a response body, refusing it as soon as it grows past
+/// [`atom::MAX_DOCUMENT_BYTES`] (so a hostile producer cannot exhaust memory).
+async fn read_limited(
+    mut resp: reqwest::Response,
+    url: &str,
+) -> Result<bytes::Bytes, SubscribeError> {
+    let too_large = || SubscribeError::Malformed {
+        url: url.to_owned(),
+        reason: format!("document larger than {} bytes", atom::MAX_DOCUMENT_BYTES),
+    };
+    if resp
+        .content_length()
+        .is_some_and(|n| n > atom::MAX_DOCUMENT_BYTES as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|source| SubscribeError::Unreachable {
+            url: url.to_owned(),
+            source,
+        })?
+    {
+        if body.len() + chunk.len() > atom::MAX_DOCUMENT_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 /// Forgets a subscription's checkpoint (for a rebuild: drop the replica's tables in

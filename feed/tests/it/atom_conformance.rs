@@ -192,12 +192,23 @@ async fn every_document_meets_rfc_4287_and_parses_in_independent_readers() {
         "empty head"
     );
     append_n(&log, 25, 25).await;
+    // A stream long enough for sealed stream pages.
+    let mut tx = log.begin().await.expect("begin");
+    let big: Vec<_> = (0..23).map(|i| crate::helpers::event("big", i)).collect();
+    log.append(&mut tx, feed::Expected::Any, &big)
+        .await
+        .expect("append");
+    tx.commit().await.expect("commit");
     paths.extend(
         [
             "/feed/archive/1-10",
             "/feed/archive/11-20",
+            "/feed/archive/21-30",
             "/streams/s-3",
             "/streams/s-3.atom",
+            "/streams/big/archive/1-10",
+            "/streams/big/archive/11-20",
+            "/streams/big",
         ]
         .map(str::to_owned),
     );
@@ -242,6 +253,20 @@ async fn every_document_meets_rfc_4287_and_parses_in_independent_readers() {
         "entry document"
     );
     assert_eq!(atom::parse_entry(&xml).expect("entry").position, 7);
+    let parsed = feed_rs::parser::parse(xml.as_bytes()).expect("feed-rs reads the entry document");
+    assert_eq!(parsed.entries.len(), 1);
+    let theirs = &parsed.entries[0];
+    let mine = atom::parse_entry(&xml).expect("entry");
+    assert_eq!(theirs.id, format!("urn:uuid:{}", mine.id));
+    let content = theirs
+        .content
+        .as_ref()
+        .and_then(|c| c.body.clone())
+        .expect("content");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&content).expect("json"),
+        mine.data
+    );
 }
 
 #[test]
@@ -324,6 +349,7 @@ proptest! {
             archive: true,
             head_position: None,
             empty_updated: Utc.timestamp_micros(0).single().expect("epoch"),
+            prev_archive_digest: Some("00ff"),
         }, &events);
         prop_assert_eq!(rfc4287_violations(&xml), Vec::<String>::new());
         let back = atom::parse_feed(&xml).expect("parse");
@@ -338,4 +364,217 @@ proptest! {
         let _ = atom::parse_feed(&s);
         let _ = atom::parse_entry(&s);
     }
+}
+
+/// Cases per hostile-input property: 10,000 by default, `PROPTEST_CASES` for more.
+fn hostile_cases() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+/// A valid head document with a few events, the seed of the mutations.
+fn valid_head() -> String {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DOC.get_or_init(render_valid_head).clone()
+}
+
+fn render_valid_head() -> String {
+    // Two entries: enough for order and head checks, small enough that 10,000
+    // mutants parse in seconds in a debug build.
+    let events: Vec<Event> = (1..=2u64)
+        .map(|p| Event {
+            position: p,
+            id: uuid::Uuid::from_u128(p as u128),
+            stream: feed::StreamId::parse(format!("order-{p}")).expect("stream"),
+            stream_version: 1,
+            event_type: feed::EventType::parse("OrderAccepted").expect("type"),
+            occurred_at: Utc
+                .timestamp_micros(1_700_000_000_000_000 + p as i64)
+                .single()
+                .expect("time"),
+            data: serde_json::json!({ "n": p, "s": "<&>\"" }),
+            metadata: serde_json::json!({ "correlation": "c" }),
+        })
+        .collect();
+    let links = Links {
+        this: Some("http://h/feed".into()),
+        current: Some("http://h/feed".into()),
+        first: Some("http://h/feed/archive/1-10".into()),
+        prev_archive: Some("http://h/feed/archive/1-10".into()),
+        ..Links::default()
+    };
+    atom::render_feed(
+        &FeedMeta {
+            id: "http://h/feed",
+            title: "t",
+            author: "svc",
+            base_url: "http://h",
+            links: &links,
+            archive: false,
+            head_position: Some(2),
+            empty_updated: Utc.timestamp_micros(0).single().expect("epoch"),
+            prev_archive_digest: Some("ab"),
+        },
+        &events,
+    )
+}
+
+/// One change to a document's bytes.
+#[derive(Debug, Clone)]
+enum Mutation {
+    Delete(usize, usize),
+    Insert(usize, Vec<u8>),
+    Replace(usize, u8),
+    Truncate(usize),
+    Duplicate(usize, usize),
+}
+
+fn arb_mutation() -> impl Strategy<Value = Mutation> {
+    let special = prop_oneof![
+        Just(b"<".to_vec()),
+        Just(b">".to_vec()),
+        Just(b"&".to_vec()),
+        Just(b"\"".to_vec()),
+        Just(b"</entry>".to_vec()),
+        Just(b"<entry>".to_vec()),
+        Just(b"<ev:position>0</ev:position>".to_vec()),
+        Just(b"<ev:headPosition>99999999999999999999</ev:headPosition>".to_vec()),
+        Just(b"<!DOCTYPE x [<!ENTITY a \"aaaa\">]>".to_vec()),
+        Just(b"&a;".to_vec()),
+        Just(b"\xff\xfe".to_vec()),
+        Just(b"\0".to_vec()),
+        prop::collection::vec(any::<u8>(), 0..16),
+    ];
+    prop_oneof![
+        (any::<usize>(), 0usize..64).prop_map(|(at, n)| Mutation::Delete(at, n)),
+        (any::<usize>(), special).prop_map(|(at, b)| Mutation::Insert(at, b)),
+        (any::<usize>(), any::<u8>()).prop_map(|(at, b)| Mutation::Replace(at, b)),
+        any::<usize>().prop_map(Mutation::Truncate),
+        (any::<usize>(), 0usize..200).prop_map(|(at, n)| Mutation::Duplicate(at, n)),
+    ]
+}
+
+fn mutate(doc: &mut Vec<u8>, m: &Mutation) {
+    let len = doc.len().max(1);
+    match m {
+        Mutation::Delete(at, n) => {
+            let at = at % len;
+            let end = (at + n).min(doc.len());
+            if at < end {
+                doc.drain(at..end);
+            }
+        }
+        Mutation::Insert(at, bytes) => {
+            let at = at % (doc.len() + 1);
+            doc.splice(at..at, bytes.iter().copied());
+        }
+        Mutation::Replace(at, b) => {
+            if !doc.is_empty() {
+                let at = at % doc.len();
+                doc[at] = *b;
+            }
+        }
+        Mutation::Truncate(at) => doc.truncate(at % len),
+        Mutation::Duplicate(at, n) => {
+            let at = at % len;
+            let end = (at + n).min(doc.len());
+            if at < end {
+                let copy = doc[at..end].to_vec();
+                doc.splice(end..end, copy);
+            }
+        }
+    }
+}
+
+/// What the reader promises about any document it accepts.
+fn check_accepted(feed: &atom::ParsedFeed) -> Result<(), TestCaseError> {
+    let positions: Vec<u64> = feed.entries.iter().map(|e| e.position).collect();
+    let mut sorted = positions.clone();
+    sorted.sort_unstable();
+    prop_assert_eq!(&positions, &sorted);
+    prop_assert!(positions.iter().all(|p| *p > 0));
+    if let (Some(head), Some(last)) = (feed.head_position, positions.last()) {
+        prop_assert_eq!(head, *last);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(hostile_cases())]
+
+    #[test]
+    fn the_atom_reader_survives_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+        let text = String::from_utf8_lossy(&bytes);
+        if let Ok(feed) = atom::parse_feed(&text) {
+            check_accepted(&feed)?;
+        }
+        let _ = atom::parse_entry(&text);
+    }
+
+    #[test]
+    fn the_atom_reader_survives_mutated_valid_documents(mutations in prop::collection::vec(arb_mutation(), 1..5)) {
+        let mut doc = valid_head().into_bytes();
+        for m in &mutations {
+            mutate(&mut doc, m);
+        }
+        let text = String::from_utf8_lossy(&doc);
+        if let Ok(feed) = atom::parse_feed(&text) {
+            check_accepted(&feed)?;
+        }
+        let _ = atom::parse_entry(&text);
+    }
+}
+
+#[test]
+fn the_atom_reader_refuses_what_it_cannot_rely_on() {
+    let valid = valid_head();
+    let parsed = atom::parse_feed(&valid).expect("the seed is valid");
+    assert_eq!(parsed.entries.len(), 2);
+    assert_eq!(parsed.prev_archive_digest.as_deref(), Some("ab"));
+    let cases = [
+        (valid.replacen("<id>http://h/feed</id>", "", 1), "atom:id"),
+        (
+            valid.replacen("<title type=\"text\">t</title>", "", 1),
+            "atom:title",
+        ),
+        (
+            {
+                let start = valid.find("<updated>").expect("updated");
+                let end = valid.find("</updated>").expect("updated") + "</updated>".len();
+                format!("{}{}", &valid[..start], &valid[end..])
+            },
+            "atom:updated",
+        ),
+        (
+            valid.replace("<ev:headPosition>2<", "<ev:headPosition>9<"),
+            "ends at position 9",
+        ),
+        (
+            format!(
+                "<?xml version=\"1.0\"?><!DOCTYPE lol [<!ENTITY a \"aaaaaaaaaa\"><!ENTITY b \"&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;\"><!ENTITY c \"&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;\">]>{}",
+                valid
+                    .replacen("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n", "", 1)
+                    .replacen("<title type=\"text\">t", "<title type=\"text\">&c;", 1)
+            ),
+            "",
+        ),
+    ];
+    for (doc, says) in cases {
+        let err = atom::parse_feed(&doc).expect_err(says);
+        assert!(err.to_string().contains(says), "{err} (wanted {says})");
+    }
+    // Deep nesting is refused or read, never a stack overflow.
+    let deep = format!(
+        "<feed xmlns=\"http://www.w3.org/2005/Atom\">{}{}</feed>",
+        "<x>".repeat(100_000),
+        "</x>".repeat(100_000)
+    );
+    assert!(atom::parse_feed(&deep).is_err());
 }

@@ -5,6 +5,7 @@ mod atom_conformance;
 mod feedctl;
 mod helpers;
 mod html;
+mod limits;
 mod server;
 mod store;
 mod subscriber;

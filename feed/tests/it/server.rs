@@ -29,6 +29,10 @@ async fn a_sealed_page_never_changes_after_more_appends_or_a_restart() {
     assert_eq!(after.bytes().await.expect("body"), before);
 
     // A new process on the same database and base URL serves the same bytes and ETag.
+    let gz_before = header(
+        &get(&c, &page, &[("accept-encoding", "gzip")]).await,
+        "etag",
+    );
     feed.stop().await;
     drop(log);
     let log = EventLog::connect(&url).await.expect("reopen");
@@ -40,6 +44,7 @@ async fn a_sealed_page_never_changes_after_more_appends_or_a_restart() {
     let gz = get(&c, &page, &[("accept-encoding", "gzip")]).await;
     assert_eq!(header(&gz, "content-encoding"), "gzip");
     let gz_etag = header(&gz, "etag");
+    assert_eq!(gz_etag, gz_before, "the gzip ETag changed with the restart");
     let gz_again = get(
         &c,
         &feed.url("/feed/archive/1-100"),
@@ -277,4 +282,292 @@ async fn a_long_poll_answers_soon_after_an_append_and_304_after_the_wait() {
         latency < Duration::from_millis(100),
         "long poll answered {latency:?} after the append"
     );
+}
+
+/// Sends one request to a router in-process.
+async fn oneshot(
+    router: &axum::Router,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, axum::http::HeaderMap, Vec<u8>) {
+    use tower::ServiceExt as _;
+    let mut req = axum::http::Request::get(path);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = router
+        .clone()
+        .oneshot(req.body(axum::body::Body::empty()).expect("request"))
+        .await
+        .expect("infallible");
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let body = axum::body::to_bytes(res.into_body(), usize::MAX)
+        .await
+        .expect("body")
+        .to_vec();
+    (status, headers, body)
+}
+
+fn h(headers: &axum::http::HeaderMap, name: &str) -> String {
+    headers
+        .get(name)
+        .map(|v| v.to_str().expect("ascii").to_owned())
+        .unwrap_or_default()
+}
+
+async fn server_for(log: EventLog, base: &str, page_size: u64) -> feed::FeedServer {
+    let mut config = feed::FeedConfig::new(base, "test");
+    config.page_size = Some(page_size);
+    feed::FeedServer::new(log, config).await.expect("server")
+}
+
+#[tokio::test]
+async fn an_event_is_immutable_only_once_its_page_is_sealed_and_then_never_changes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let url = sqlite_url(&dir, "log.db");
+    let log = EventLog::connect(&url).await.expect("log");
+    append_n(&log, 25, 25).await;
+    let base = "http://feeds.example/svc";
+    let a = server_for(log.clone(), base, 10).await.router();
+
+    let (status, headers, body) = oneshot(&a, "/feed/events/23", &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(h(&headers, "cache-control"), feed::server::HEAD_CACHE);
+    let body = String::from_utf8(body).expect("utf-8");
+    assert!(
+        body.contains(&format!(
+            "rel=\"up\" type=\"application/atom+xml\" href=\"{base}/feed\""
+        )),
+        "{body}"
+    );
+    assert!(h(&headers, "link").contains(&format!("<{base}/feed>; rel=\"up\"")));
+    let filling_etag = h(&headers, "etag");
+
+    let (_, headers, _) = oneshot(&a, "/feed/events/5", &[]).await;
+    assert_eq!(h(&headers, "cache-control"), feed::server::IMMUTABLE);
+    assert!(h(&headers, "link").contains(&format!("<{base}/feed/archive/1-10>; rel=\"up\"")));
+
+    // The page of event 23 fills: from now on it is immutable with its archive page
+    // as `up`, the same on every replica and after a restart.
+    append_n(&log, 5, 5).await;
+    let (_, headers, sealed) = oneshot(&a, "/feed/events/23", &[]).await;
+    assert_eq!(h(&headers, "cache-control"), feed::server::IMMUTABLE);
+    assert_ne!(h(&headers, "etag"), filling_etag);
+    let sealed_text = String::from_utf8(sealed.clone()).expect("utf-8");
+    assert!(sealed_text.contains(&format!("href=\"{base}/feed/archive/21-30\"")));
+    let replica = server_for(EventLog::connect(&url).await.expect("log"), base, 10)
+        .await
+        .router();
+    let (_, replica_headers, replica_body) = oneshot(&replica, "/feed/events/23", &[]).await;
+    assert_eq!(replica_body, sealed);
+    assert_eq!(h(&replica_headers, "etag"), h(&headers, "etag"));
+}
+
+#[tokio::test]
+async fn every_document_sends_its_links_as_a_link_header() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let log = EventLog::connect(&sqlite_url(&dir, "log.db"))
+        .await
+        .expect("log");
+    append_n(&log, 25, 25).await;
+    let base = "http://feeds.example";
+    let r = server_for(log, base, 10).await.router();
+    let rels = |link: &str| -> Vec<(String, String)> {
+        link.split(", ")
+            .map(|l| {
+                let (href, rel) = l.split_once("; rel=").expect("rel");
+                (
+                    rel.trim_matches('"').to_owned(),
+                    href.trim_matches(['<', '>']).to_owned(),
+                )
+            })
+            .collect()
+    };
+    let (_, head, _) = oneshot(&r, "/feed", &[]).await;
+    assert_eq!(
+        rels(&h(&head, "link")),
+        [
+            ("self", format!("{base}/feed")),
+            ("current", format!("{base}/feed")),
+            ("first", format!("{base}/feed/archive/1-10")),
+            ("prev-archive", format!("{base}/feed/archive/11-20")),
+        ]
+        .map(|(r, u)| (r.to_owned(), u))
+    );
+    let (_, page, _) = oneshot(&r, "/feed/archive/11-20", &[]).await;
+    assert_eq!(
+        rels(&h(&page, "link")),
+        [
+            ("self", format!("{base}/feed/archive/11-20")),
+            ("current", format!("{base}/feed")),
+            ("first", format!("{base}/feed/archive/1-10")),
+            ("prev-archive", format!("{base}/feed/archive/1-10")),
+            ("next-archive", format!("{base}/feed/archive/21-30")),
+        ]
+        .map(|(r, u)| (r.to_owned(), u))
+    );
+    let (_, first, _) = oneshot(&r, "/feed/archive/1-10", &[]).await;
+    assert!(!h(&first, "link").contains("prev-archive"));
+    let (_, event, _) = oneshot(&r, "/feed/events/12", &[]).await;
+    assert_eq!(
+        rels(&h(&event, "link")),
+        [
+            ("self", format!("{base}/feed/events/12")),
+            ("current", format!("{base}/feed")),
+            ("related", format!("{base}/streams/s-1")),
+            ("up", format!("{base}/feed/archive/11-20")),
+        ]
+        .map(|(r, u)| (r.to_owned(), u))
+    );
+}
+
+#[tokio::test]
+async fn every_content_coding_of_a_document_has_its_own_etag() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let log = EventLog::connect(&sqlite_url(&dir, "log.db"))
+        .await
+        .expect("log");
+    append_n(&log, 25, 25).await;
+    let r = server_for(log, "http://feeds.example", 10).await.router();
+    for path in ["/feed", "/feed/archive/1-10", "/feed/events/3"] {
+        let mut tags = BTreeSet::new();
+        for coding in ["identity", "gzip", "br", "zstd"] {
+            let (status, headers, _) = oneshot(&r, path, &[("accept-encoding", coding)]).await;
+            assert_eq!(status, 200);
+            if coding != "identity" {
+                assert_eq!(h(&headers, "content-encoding"), coding, "{path}");
+            }
+            tags.insert(h(&headers, "etag"));
+        }
+        assert_eq!(tags.len(), 4, "{path}: {tags:?}");
+    }
+}
+
+#[tokio::test]
+async fn two_servers_of_one_database_agree_on_pages_after_one_changes_the_page_size() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let url = sqlite_url(&dir, "log.db");
+    let log_a = EventLog::connect(&url).await.expect("log");
+    append_n(&log_a, 25, 25).await;
+    let base = "http://feeds.example";
+    let a = server_for(log_a.clone(), base, 10).await.router();
+    assert_eq!(oneshot(&a, "/feed", &[]).await.0, 200);
+    // A replica started later with another page size records the change once; it
+    // applies after the page being filled (21-30).
+    let b = server_for(EventLog::connect(&url).await.expect("log"), base, 4)
+        .await
+        .router();
+    append_n(&log_a, 10, 5).await;
+    for path in [
+        "/feed",
+        "/feed/archive/21-30",
+        "/feed/archive/31-34",
+        "/feed/archive/31-40",
+        "/feed/events/33",
+    ] {
+        let (sa, ha, ba) = oneshot(&a, path, &[]).await;
+        let (sb, hb, bb) = oneshot(&b, path, &[]).await;
+        assert_eq!(sa, sb, "{path}: status");
+        assert_eq!(h(&ha, "etag"), h(&hb, "etag"), "{path}: etag");
+        assert_eq!(ba, bb, "{path}: bytes");
+    }
+    assert_eq!(oneshot(&a, "/feed/archive/31-34", &[]).await.0, 200);
+    assert_eq!(oneshot(&a, "/feed/archive/31-40", &[]).await.0, 404);
+    // The same size again changes nothing.
+    let again = server_for(EventLog::connect(&url).await.expect("log"), base, 4).await;
+    assert_eq!(again.layout().segments().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_an_append_from_another_connection_answers_an_http_long_poll() {
+    let Some(pg) = feed::testing::PgCluster::start() else {
+        return;
+    };
+    let db = pg.database("longpoll");
+    let log = EventLog::connect(&db).await.expect("log");
+    append_n(&log, 3, 3).await;
+    let feed = TestFeed::start(log, 10).await;
+    let c = client();
+    let etag = header(&get(&c, &feed.url("/feed"), &[]).await, "etag");
+    let poll = {
+        let c = c.clone();
+        let url = feed.url("/feed");
+        let etag = etag.clone();
+        tokio::spawn(async move {
+            let r = get(&c, &url, &[("if-none-match", &etag), ("prefer", "wait=25")]).await;
+            (r.status(), r.text().await.expect("body"))
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let other = EventLog::connect(&db).await.expect("another pool");
+    let mut tx = other.begin().await.expect("begin");
+    other
+        .append(&mut tx, Expected::Any, &[event("late", 4)])
+        .await
+        .expect("append");
+    tx.commit().await.expect("commit");
+    let (status, body) = tokio::time::timeout(Duration::from_secs(15), poll)
+        .await
+        .expect("answered well before the 25 s wait")
+        .expect("task");
+    assert_eq!(status, 200);
+    assert!(body.contains("<ev:position>4</ev:position>"));
+}
+
+#[tokio::test]
+async fn database_failures_get_a_generic_problem_without_sql_or_paths() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let url = sqlite_url(&dir, "secret-name.db");
+    let log = EventLog::connect(&url).await.expect("log");
+    append_n(&log, 25, 25).await;
+    let r = server_for(log.clone(), "http://feeds.example", 10)
+        .await
+        .router();
+    let leaks = |body: &[u8]| {
+        let text = String::from_utf8_lossy(body).to_lowercase();
+        [
+            "secret-name",
+            "feed_events",
+            "select",
+            "sqlite",
+            "table",
+            "/tmp",
+            "data:",
+        ]
+        .into_iter()
+        .filter(|w| text.contains(w))
+        .map(str::to_owned)
+        .collect::<Vec<_>>()
+    };
+    // A row nobody can decode: 500.
+    sqlx::query("UPDATE feed_events SET data = 'not json' WHERE position = 3")
+        .execute(log.database().pool())
+        .await
+        .expect("corrupt");
+    let (status, headers, body) = oneshot(&r, "/feed/archive/1-10", &[]).await;
+    assert_eq!(status, 500);
+    assert_eq!(h(&headers, "content-type"), "application/problem+json");
+    assert_eq!(leaks(&body), Vec::<String>::new());
+    // The table is gone: 503.
+    sqlx::query("DROP TABLE feed_events")
+        .execute(log.database().pool())
+        .await
+        .expect("drop");
+    for path in [
+        "/feed",
+        "/feed/archive/11-20",
+        "/feed/events/24",
+        "/streams/s-1",
+    ] {
+        let (status, headers, body) = oneshot(&r, path, &[]).await;
+        assert_eq!(status, 503, "{path}");
+        assert_eq!(h(&headers, "content-type"), "application/problem+json");
+        assert_eq!(leaks(&body), Vec::<String>::new(), "{path}");
+    }
+    // The pool is closed: 503 too.
+    log.database().close().await;
+    let (status, _, body) = oneshot(&r, "/feed", &[]).await;
+    assert_eq!(status, 503);
+    assert_eq!(leaks(&body), Vec::<String>::new());
 }

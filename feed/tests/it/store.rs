@@ -271,3 +271,170 @@ async fn a_waiter_wakes_on_a_postgres_append_from_another_connection() {
         .expect("wait");
     assert_eq!(head, 1);
 }
+
+/// A batch that repeats a stored event and adds new ones is not a retry: its
+/// expected version is checked like any other batch's.
+async fn a_mixed_batch_is_checked_against_the_expected_version(log: EventLog) {
+    let first = event("order-7", 1);
+    let mut tx = log.begin().await.expect("begin");
+    log.append(&mut tx, Expected::NoStream, std::slice::from_ref(&first))
+        .await
+        .expect("append");
+    tx.commit().await.expect("commit");
+    let mut tx = log.begin().await.expect("begin");
+    let err = log
+        .append(
+            &mut tx,
+            Expected::NoStream,
+            &[first.clone(), event("order-7", 2)],
+        )
+        .await
+        .expect_err("a stale expectation with a new event is a conflict");
+    drop(tx);
+    assert!(
+        matches!(err, AppendError::Conflict { actual: 1, .. }),
+        "{err}"
+    );
+    assert_eq!(log.head().await.expect("head"), 1, "nothing was written");
+    let mut tx = log.begin().await.expect("begin");
+    let positions = log
+        .append(&mut tx, Expected::Version(1), &[first, event("order-7", 3)])
+        .await
+        .expect("a right expectation appends the new event");
+    tx.commit().await.expect("commit");
+    assert_eq!(positions, vec![1, 2]);
+}
+
+#[tokio::test]
+async fn sqlite_mixed_batches_of_stored_and_new_events_check_the_expected_version() {
+    let dir = tempfile::tempdir().expect("tmp");
+    a_mixed_batch_is_checked_against_the_expected_version(
+        EventLog::connect(&sqlite_url(&dir, "log.db"))
+            .await
+            .expect("log"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_mixed_batches_of_stored_and_new_events_check_the_expected_version() {
+    let Some(pg) = PgCluster::start() else { return };
+    a_mixed_batch_is_checked_against_the_expected_version(
+        EventLog::connect(&pg.database("mixed")).await.expect("log"),
+    )
+    .await;
+}
+
+/// 8 writers race on 4 shared streams; half of them append with the version they
+/// read, the others without a check. Conflicts must happen, and still every stored
+/// position and stream version is gapless and no conflicting batch wrote anything.
+async fn racing_appenders_with_expected_versions(log: EventLog) {
+    let conflicts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let appended = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..8u64 {
+        let log = log.clone();
+        let conflicts = conflicts.clone();
+        let appended = appended.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..40u64 {
+                let stream =
+                    feed::event::StreamId::parse(format!("shared-{}", i % 4)).expect("stream");
+                let expected = if w % 2 == 0 {
+                    let v = log.stream_version(&stream).await.expect("version");
+                    // Give the others a chance to get in between the read and the
+                    // append, which is what makes conflicts happen.
+                    tokio::task::yield_now().await;
+                    if v == 0 {
+                        Expected::NoStream
+                    } else {
+                        Expected::Version(v)
+                    }
+                } else {
+                    Expected::Any
+                };
+                let batch = vec![
+                    event(stream.as_str(), w * 100 + i),
+                    event(stream.as_str(), i),
+                ];
+                let mut tx = log.begin().await.expect("begin");
+                match log.append(&mut tx, expected, &batch).await {
+                    Ok(_) => {
+                        tx.commit().await.expect("commit");
+                        appended.fetch_add(2, Ordering::SeqCst);
+                    }
+                    Err(AppendError::Conflict { .. }) => {
+                        conflicts.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) => panic!("append failed: {e}"),
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    let head = log.head().await.expect("head");
+    assert_eq!(head, appended.load(Ordering::SeqCst));
+    assert!(
+        conflicts.load(Ordering::SeqCst) > 0,
+        "no conflict in 160 checked appends"
+    );
+    let all = log.read_range(1, u64::MAX).await.expect("read");
+    assert_eq!(
+        all.iter().map(|e| e.position).collect::<Vec<_>>(),
+        (1..=head).collect::<Vec<_>>()
+    );
+    for s in 0..4 {
+        let stream = feed::event::StreamId::parse(format!("shared-{s}")).expect("stream");
+        let events = log.read_stream(&stream, 1, u64::MAX).await.expect("stream");
+        let versions: Vec<u64> = events.iter().map(|e| e.stream_version).collect();
+        assert_eq!(versions, (1..=versions.len() as u64).collect::<Vec<_>>());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_concurrent_appenders_with_version_checks_conflict_and_stay_gapless() {
+    let dir = tempfile::tempdir().expect("tmp");
+    racing_appenders_with_expected_versions(
+        EventLog::connect(&sqlite_url(&dir, "log.db"))
+            .await
+            .expect("log"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_concurrent_appenders_with_version_checks_conflict_and_stay_gapless() {
+    let Some(pg) = PgCluster::start() else { return };
+    racing_appenders_with_expected_versions(
+        EventLog::connect(&pg.database("racing"))
+            .await
+            .expect("log"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_memory_log_wakes_its_long_polls_on_appends_in_the_same_process() {
+    let log = EventLog::connect("sqlite::memory:").await.expect("log");
+    let waiter = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            log.wait_for_append(0, std::time::Duration::from_secs(20))
+                .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let mut tx = log.begin().await.expect("begin");
+    log.append(&mut tx, Expected::Any, &[event("a", 1)])
+        .await
+        .expect("append");
+    tx.commit().await.expect("commit");
+    let head = tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+        .await
+        .expect("woken well before the 20 s wait")
+        .expect("task")
+        .expect("wait");
+    assert_eq!(head, 1);
+}

@@ -308,3 +308,421 @@ async fn unknown_event_types_and_fields_reach_the_handler_to_skip_and_do_not_sto
         }
     ));
 }
+
+async fn replica_on(url: &str) -> Database {
+    let db = Database::connect(url).await.expect("db");
+    db.migrate(&feed::db::FEED_MIGRATIONS)
+        .await
+        .expect("migrate");
+    sqlx::query("CREATE TABLE IF NOT EXISTS replica (position BIGINT PRIMARY KEY, id TEXT NOT NULL, data TEXT NOT NULL, applied BIGINT NOT NULL)")
+        .execute(db.pool())
+        .await
+        .expect("table");
+    db
+}
+
+async fn stored_checkpoint(db: &Database, name: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>("SELECT position FROM feed_checkpoints WHERE subscription = $1")
+        .bind(name)
+        .fetch_optional(db.pool())
+        .await
+        .expect("checkpoint")
+        .unwrap_or(0)
+}
+
+/// Two instances of one subscription (two replicas of a service, or two replays
+/// into one log) follow a 2,000-event feed into one database at the same time.
+async fn two_instances_of_one_subscription_apply_each_event_once(db: Database) {
+    let src_dir = tempfile::tempdir().expect("tmp");
+    let log = EventLog::connect(&sqlite_url(&src_dir, "src.db"))
+        .await
+        .expect("log");
+    append_n(&log, 2000, 500).await;
+    let feed = TestFeed::start(log.clone(), 50).await;
+    let tasks: Vec<_> = (0..2)
+        .map(|_| {
+            let sub = Subscriber::new(fast("twins", feed.url("/feed")), db.clone(), Replica);
+            tokio::spawn(sub.run(std::future::pending()))
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while stored_checkpoint(&db, "twins").await < 2000 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the twins did not catch up: checkpoint {}",
+            stored_checkpoint(&db, "twins").await
+        );
+        for t in &tasks {
+            assert!(!t.is_finished(), "an instance stopped");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for t in tasks {
+        t.abort();
+        let _ = t.await;
+    }
+    let got = rows(&db).await;
+    assert_eq!(got.len(), 2000);
+    let twice: Vec<_> = got.iter().filter(|r| r.3 != 1).map(|r| r.0).collect();
+    assert!(twice.is_empty(), "applied more than once: {twice:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sqlite_instances_of_one_subscription_apply_every_event_exactly_once() {
+    let dir = tempfile::tempdir().expect("tmp");
+    two_instances_of_one_subscription_apply_each_event_once(replica_db(&dir).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_postgres_instances_of_one_subscription_apply_every_event_exactly_once() {
+    let Some(pg) = feed::testing::PgCluster::start() else {
+        return;
+    };
+    two_instances_of_one_subscription_apply_each_event_once(
+        replica_on(&pg.database("twins")).await,
+    )
+    .await;
+}
+
+/// A producer of hand-made documents that the test can change while it runs.
+async fn mutable_feed(
+    pages: Vec<(&'static str, String)>,
+) -> (
+    String,
+    Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let docs = Arc::new(std::sync::Mutex::new(
+        pages
+            .into_iter()
+            .map(|(p, body)| (p.to_owned(), body.replace("BASE", &base)))
+            .collect::<std::collections::HashMap<_, _>>(),
+    ));
+    let served = docs.clone();
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let docs = served.clone();
+        async move {
+            match docs.lock().expect("lock").get(uri.path()) {
+                Some(body) => (axum::http::StatusCode::OK, body.clone()),
+                None => (axum::http::StatusCode::NOT_FOUND, String::new()),
+            }
+        }
+    });
+    let handle = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (base, docs, handle)
+}
+
+#[tokio::test]
+async fn a_sealed_page_that_changed_stops_the_subscriber_with_its_checkpoint_untouched() {
+    let page = doc("/feed/archive/1-3", None, Some("/feed"), true, &[1, 2, 3]);
+    let (base, docs, _server) = mutable_feed(vec![
+        ("/feed/archive/1-3", page.clone()),
+        (
+            "/feed",
+            doc("/feed", Some("/feed/archive/1-3"), None, false, &[]),
+        ),
+    ])
+    .await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = replica_db(&dir).await;
+    let mut sub = Subscriber::new(fast("replica", format!("{base}/feed")), db.clone(), Replica);
+    while let Progress::Applied { .. } = sub.poll_once().await.expect("step") {}
+    assert_eq!(sub.checkpoint().await.expect("checkpoint"), 3);
+    // The producer rewrites history: the sealed page now says something else.
+    let rewritten = page
+        .replace("{\"n\":2}", "{\"n\":-2}")
+        .replace("BASE", &base);
+    docs.lock()
+        .expect("lock")
+        .insert("/feed/archive/1-3".into(), rewritten);
+    let mut restarted =
+        Subscriber::new(fast("replica", format!("{base}/feed")), db.clone(), Replica);
+    let err = restarted.poll_once().await.expect_err("changed page");
+    assert!(matches!(err, SubscribeError::PageChanged { .. }), "{err}");
+    assert!(err.is_fatal());
+    assert_eq!(stored_checkpoint(&db, "replica").await, 3);
+    let data: Vec<String> = rows(&db).await.into_iter().map(|r| r.2).collect();
+    assert_eq!(data, ["{\"n\":1}", "{\"n\":2}", "{\"n\":3}"]);
+}
+
+#[tokio::test]
+async fn a_stale_head_behind_the_checkpoint_is_nothing_new_and_the_subscriber_goes_on() {
+    let (base, docs, _server) = mutable_feed(vec![
+        (
+            "/feed/archive/1-3",
+            doc("/feed/archive/1-3", None, Some("/feed"), true, &[1, 2, 3]),
+        ),
+        (
+            "/feed",
+            doc("/feed", Some("/feed/archive/1-3"), None, false, &[]),
+        ),
+    ])
+    .await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = replica_db(&dir).await;
+    let mut sub = Subscriber::new(fast("replica", format!("{base}/feed")), db.clone(), Replica);
+    while let Progress::Applied { .. } = sub.poll_once().await.expect("step") {}
+    // A cache serves an old copy of the head, from when the log ended at 2.
+    let stale = doc("/feed", None, None, false, &[1, 2])
+        .replace("</title>", "</title><ev:headPosition>2</ev:headPosition>")
+        .replace("BASE", &base);
+    docs.lock().expect("lock").insert("/feed".into(), stale);
+    let mut restarted =
+        Subscriber::new(fast("replica", format!("{base}/feed")), db.clone(), Replica);
+    assert!(matches!(
+        restarted
+            .poll_once()
+            .await
+            .expect("a stale head is no error"),
+        Progress::CaughtUp { position: 3, .. }
+    ));
+    assert_eq!(stored_checkpoint(&db, "replica").await, 3);
+    // The fresh head comes back with a new event: it is applied once.
+    let fresh = doc("/feed", Some("/feed/archive/1-3"), None, false, &[4])
+        .replace("</title>", "</title><ev:headPosition>4</ev:headPosition>")
+        .replace("BASE", &base);
+    docs.lock().expect("lock").insert("/feed".into(), fresh);
+    let mut steps = 0;
+    while restarted.checkpoint().await.expect("checkpoint") < 4 {
+        restarted.poll_once().await.expect("step");
+        steps += 1;
+        assert!(steps < 5, "the fresh head was not applied");
+    }
+    assert_eq!(rows(&db).await.len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewritten_event_in_a_sealed_page_breaks_the_hash_chain_and_stops_the_subscriber() {
+    let src_dir = tempfile::tempdir().expect("tmp");
+    let url = sqlite_url(&src_dir, "src.db");
+    let log = EventLog::connect(&url).await.expect("log");
+    append_n(&log, 250, 250).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let feed = TestFeed::start_on(log.clone(), 100, listener).await;
+    // Serving the pages records their digests.
+    let c = crate::helpers::client();
+    for page in ["/feed/archive/1-100", "/feed/archive/101-200", "/feed"] {
+        assert_eq!(
+            crate::helpers::get(&c, &feed.url(page), &[]).await.status(),
+            200
+        );
+    }
+    feed.stop().await;
+    sqlx::query("UPDATE feed_events SET data = '{\"n\":-1}' WHERE position = 50")
+        .execute(log.database().pool())
+        .await
+        .expect("tamper");
+    drop(log);
+    // A fresh process (no rendered pages in memory) at the same address serves the
+    // rewritten page.
+    let log = EventLog::connect(&url).await.expect("log");
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind");
+    let feed = TestFeed::start_on(log, 100, listener).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = replica_db(&dir).await;
+    let sub = Subscriber::new(fast("replica", feed.url("/feed")), db.clone(), Replica);
+    let err = tokio::time::timeout(Duration::from_secs(30), sub.run(std::future::pending()))
+        .await
+        .expect("a broken chain is fatal, not retried")
+        .expect_err("broken chain");
+    assert!(matches!(err, SubscribeError::ChainBroken { .. }), "{err}");
+    assert!(err.to_string().contains("/feed/archive/1-100"), "{err}");
+    // Page 101-200, whose link into the chain is broken, was not applied.
+    assert_eq!(stored_checkpoint(&db, "replica").await, 100);
+    assert_eq!(rows(&db).await.len(), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caught_up_subscriber_long_polls_the_head_with_its_etag() {
+    let src_dir = tempfile::tempdir().expect("tmp");
+    let log = EventLog::connect(&sqlite_url(&src_dir, "src.db"))
+        .await
+        .expect("log");
+    append_n(&log, 30, 30).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let mut config = feed::FeedConfig::new(&base, "test");
+    config.page_size = Some(10);
+    let server = feed::FeedServer::new(log.clone(), config)
+        .await
+        .expect("server");
+    type Seen = Arc<std::sync::Mutex<Vec<(String, String, String, u16)>>>;
+    let seen: Seen = Arc::default();
+    let record = seen.clone();
+    let app = server.router().layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let record = record.clone();
+            async move {
+                let (path, inm, prefer) = {
+                    let h = |n: &str| {
+                        req.headers()
+                            .get(n)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned()
+                    };
+                    (req.uri().path().to_owned(), h("if-none-match"), h("prefer"))
+                };
+                let res = next.run(req).await;
+                record
+                    .lock()
+                    .expect("lock")
+                    .push((path, inm, prefer, res.status().as_u16()));
+                res
+            }
+        },
+    ));
+    let _server = tokio::spawn(feed::server::serve(listener, app, std::future::pending()));
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = replica_db(&dir).await;
+    let mut sub = Subscriber::new(fast("replica", format!("{base}/feed")), db, Replica);
+    while let Progress::Applied { .. } = sub.poll_once().await.expect("step") {}
+    let head_etag = crate::helpers::header(
+        &crate::helpers::get(
+            &crate::helpers::client(),
+            &format!("{base}/feed"),
+            &[("accept-encoding", "gzip")],
+        )
+        .await,
+        "etag",
+    );
+    seen.lock().expect("lock").clear();
+    // Caught up: the next step holds a long poll and is answered 304 after it.
+    let started = std::time::Instant::now();
+    assert_eq!(
+        sub.poll_once().await.expect("poll"),
+        Progress::CaughtUp {
+            position: 30,
+            waited: true
+        }
+    );
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    {
+        let seen = seen.lock().expect("lock");
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(seen[0].0, "/feed");
+        assert_eq!(seen[0].1, head_etag, "If-None-Match is the head's ETag");
+        assert_eq!(seen[0].2, "wait=1");
+        assert_eq!(seen[0].3, 304);
+    }
+    // An append during the next long poll answers it with the new event.
+    let poll = tokio::spawn(async move { (sub.poll_once().await, sub) });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    append_n(&log, 1, 1).await;
+    let (step, _sub) = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("answered")
+        .expect("task");
+    assert_eq!(
+        step.expect("step"),
+        Progress::Applied {
+            events: 1,
+            position: 31
+        }
+    );
+}
+
+#[tokio::test]
+async fn events_of_types_the_handler_does_not_know_are_skipped_and_the_checkpoint_moves_on() {
+    let src_dir = tempfile::tempdir().expect("tmp");
+    let log = EventLog::connect(&sqlite_url(&src_dir, "src.db"))
+        .await
+        .expect("log");
+    let types = [
+        "OrderAccepted",
+        "OrderShipped",
+        "PriceChanged",
+        "CouponIssued",
+    ];
+    let mut tx = log.begin().await.expect("begin");
+    let events: Vec<_> = (0..12u64)
+        .map(|i| {
+            feed::NewEvent::new(
+                feed::StreamId::parse(format!("order-{i}")).expect("stream"),
+                feed::EventType::parse(types[i as usize % 4]).expect("type"),
+                serde_json::json!({ "n": i, "added_later": true }),
+            )
+        })
+        .collect();
+    log.append(&mut tx, feed::Expected::Any, &events)
+        .await
+        .expect("append");
+    tx.commit().await.expect("commit");
+    let feed = TestFeed::start(log, 5).await;
+    /// Knows two of the four types, and only the field `n` of them.
+    struct Known;
+    impl Handler for Known {
+        fn handle<'a>(
+            &'a self,
+            tx: &'a mut AnyConnection,
+            e: &'a Event,
+        ) -> BoxFuture<'a, anyhow::Result<()>> {
+            Box::pin(async move {
+                if !matches!(e.event_type.as_str(), "OrderAccepted" | "PriceChanged") {
+                    return Ok(());
+                }
+                Replica.handle(tx, e).await
+            })
+        }
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = replica_db(&dir).await;
+    let mut sub = Subscriber::new(fast("known", feed.url("/feed")), db.clone(), Known);
+    while let Progress::Applied { .. } = sub.poll_once().await.expect("step") {}
+    assert_eq!(sub.checkpoint().await.expect("checkpoint"), 12);
+    let positions: Vec<i64> = rows(&db).await.into_iter().map(|r| r.0).collect();
+    assert_eq!(positions, [1, 3, 5, 7, 9, 11]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_document_is_refused_while_it_downloads() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = sent.clone();
+    // A chunked body without a length that never ends: 1 MiB chunks, forever.
+    let app = axum::Router::new().fallback(move || {
+        let counter = counter.clone();
+        async move {
+            let chunks = futures::stream::repeat_with(move || {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b' '; 1024 * 1024]))
+            });
+            axum::body::Body::from_stream(chunks)
+        }
+    });
+    let _server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut sub = Subscriber::new(
+        fast("replica", format!("{base}/feed")),
+        replica_db(&dir).await,
+        Replica,
+    );
+    let err = tokio::time::timeout(Duration::from_secs(60), sub.poll_once())
+        .await
+        .expect("refused, not read forever")
+        .expect_err("too large");
+    assert!(matches!(err, SubscribeError::Malformed { .. }), "{err}");
+    assert!(err.to_string().contains("larger than"), "{err}");
+    let mib = sent.load(std::sync::atomic::Ordering::Relaxed);
+    let limit_mib = (feed::atom::MAX_DOCUMENT_BYTES / (1024 * 1024)) as u64;
+    assert!(
+        mib <= limit_mib + 16,
+        "{mib} MiB were produced before the refusal"
+    );
+}

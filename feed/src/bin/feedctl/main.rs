@@ -4,6 +4,7 @@
 mod commands;
 mod verify;
 
+use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 
 /// Publish, append to, tail, mirror and verify Atom event feeds.
@@ -24,13 +25,23 @@ enum Command {
     Tail(commands::TailArgs),
     /// Mirror a feed into a local log (resumable, checkpointed).
     Replay(commands::ReplayArgs),
-    /// Walk a whole feed and check contiguity, links and sealed-page stability.
+    /// Walk a whole feed and check contiguity, links, sealed-page stability and the
+    /// hash chain; with --against, that a database holds the same log.
     Verify(verify::VerifyArgs),
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            e.exit()
+        }
+        Err(e) => {
+            eprintln!("feedctl: error: {}", usage_error(&e));
+            return std::process::ExitCode::from(2);
+        }
+    };
     init_tracing();
     let result = match cli.command {
         Command::Serve(a) => commands::serve(a).await,
@@ -47,6 +58,20 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// A clap usage error as one line: its first paragraph without the `error:` prefix
+/// (the usage and tips that follow are what `--help` is for).
+fn usage_error(e: &clap::Error) -> String {
+    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        return "a command is required: serve, append, tail, replay or verify (see feedctl --help)"
+            .to_owned();
+    }
+    let text = e.to_string();
+    let first = text.split("\n\n").next().unwrap_or_default();
+    let line = first.split_whitespace().collect::<Vec<_>>().join(" ");
+    let line = line.strip_prefix("error: ").unwrap_or(&line);
+    format!("{line} (see feedctl --help)")
 }
 
 fn init_tracing() {
