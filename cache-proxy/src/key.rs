@@ -21,49 +21,12 @@ pub(crate) enum Format {
 impl Format {
     /// The feed server's own negotiation (`feed::negotiate::negotiate_format`),
     /// so the variant a cache stores is the one the origin would have chosen for
-    /// this client: per format, the q of the most specific matching media range
-    /// counts (`application/atom+xml` > `application/xml`, `text/xml` >
-    /// `application/*` > `*/*`; `text/html`, `application/xhtml+xml` > `text/*` >
-    /// `*/*`), and HTML wins only when its q is strictly higher and not 0. Any
-    /// other client (feed readers, `*/*`, no `Accept`, JSON API clients, whose
-    /// services answer JSON for anything but HTML) gets the Atom variant.
+    /// this client: browsers get HTML, feed readers, `*/*`, no `Accept` and JSON
+    /// API clients (whose services answer JSON for anything but HTML) get Atom.
     pub(crate) fn negotiate(headers: &HeaderMap) -> Format {
-        let mut values = headers.get_all(header::ACCEPT).iter().peekable();
-        if values.peek().is_none() {
-            return Format::Atom;
-        }
-        let (mut atom, mut html) = (-1.0f32, -1.0f32);
-        for value in values {
-            let Ok(value) = value.to_str() else { continue };
-            for (name, q) in weighted(value) {
-                let atom_specificity = match name.as_str() {
-                    "application/atom+xml" => Some(3u8),
-                    "application/xml" | "text/xml" => Some(2),
-                    "application/*" => Some(1),
-                    "*/*" => Some(0),
-                    _ => None,
-                };
-                let html_specificity = match name.as_str() {
-                    "text/html" | "application/xhtml+xml" => Some(3u8),
-                    "text/*" => Some(1),
-                    "*/*" => Some(0),
-                    _ => None,
-                };
-                // Specificity dominates q (q <= 1 < 10), so the maximum is the
-                // most specific range, and among equals the highest q.
-                if let Some(s) = atom_specificity {
-                    atom = atom.max(q + f32::from(s) * 10.0);
-                }
-                if let Some(s) = html_specificity {
-                    html = html.max(q + f32::from(s) * 10.0);
-                }
-            }
-        }
-        let q = |v: f32| if v < 0.0 { -1.0 } else { v % 10.0 };
-        if q(html) > q(atom) && q(html) > 0.0 {
-            Format::Html
-        } else {
-            Format::Atom
+        match feed::negotiate::negotiate_format(joined(headers, header::ACCEPT).as_deref()) {
+            feed::negotiate::Format::Atom => Format::Atom,
+            feed::negotiate::Format::Html => Format::Html,
         }
     }
 
@@ -91,38 +54,17 @@ pub(crate) enum Coding {
 impl Coding {
     pub(crate) const ALL: [Coding; 4] = [Coding::Br, Coding::Zstd, Coding::Gzip, Coding::Identity];
 
-    /// RFC 9110 section 12.5.3 as the feed server applies it
-    /// (`feed::negotiate::negotiate_coding`): the highest q wins (a coding
-    /// listed twice counts with its higher q, `*` stands for the unlisted
-    /// ones), ties go to zstd, br, gzip in that order, identity when the client
-    /// accepts none of them.
+    /// RFC 9110 section 12.5.3 exactly as the feed server applies it
+    /// (`feed::negotiate::negotiate_coding`), so a fill asks the upstream for
+    /// the coding it would have sent this client anyway.
     pub(crate) fn negotiate(headers: &HeaderMap) -> Coding {
-        let mut q = [None::<f32>; 3];
-        let mut star = None::<f32>;
-        for value in headers.get_all(header::ACCEPT_ENCODING) {
-            let Ok(value) = value.to_str() else { continue };
-            for (name, weight) in weighted(value) {
-                let slot = match name.as_str() {
-                    "zstd" => &mut q[0],
-                    "br" => &mut q[1],
-                    "gzip" | "x-gzip" => &mut q[2],
-                    "*" => {
-                        star = Some(weight);
-                        continue;
-                    }
-                    _ => continue,
-                };
-                *slot = Some(slot.map_or(weight, |old| old.max(weight)));
-            }
+        match feed::negotiate::negotiate_coding(joined(headers, header::ACCEPT_ENCODING).as_deref())
+        {
+            feed::negotiate::Coding::Identity => Coding::Identity,
+            feed::negotiate::Coding::Gzip => Coding::Gzip,
+            feed::negotiate::Coding::Br => Coding::Br,
+            feed::negotiate::Coding::Zstd => Coding::Zstd,
         }
-        let mut best = (Coding::Identity, 0.0f32);
-        for (coding, weight) in [Coding::Zstd, Coding::Br, Coding::Gzip].into_iter().zip(q) {
-            let weight = weight.or(star).unwrap_or(0.0);
-            if weight > best.1 {
-                best = (coding, weight);
-            }
-        }
-        best.0
     }
 
     pub(crate) fn as_str(self) -> &'static str {
@@ -155,31 +97,17 @@ impl Coding {
     }
 }
 
-/// `(name, q)` items of an `Accept`-style list, names lower-cased; parameters
-/// other than `q` are ignored, a malformed or out-of-range q counts as 0 (the
-/// feed server's reading, so both agree on every input).
-fn weighted(value: &str) -> impl Iterator<Item = (String, f32)> + '_ {
-    value.split(',').filter_map(|item| {
-        let mut parts = item.split(';');
-        let name = parts.next()?.trim().to_ascii_lowercase();
-        if name.is_empty() {
-            return None;
-        }
-        let mut q = 1.0;
-        for param in parts {
-            if let Some((k, v)) = param.split_once('=')
-                && k.trim().eq_ignore_ascii_case("q")
-            {
-                q = v
-                    .trim()
-                    .parse::<f32>()
-                    .ok()
-                    .filter(|q| (0.0..=1.0).contains(q))
-                    .unwrap_or(0.0);
-            }
-        }
-        Some((name, q))
-    })
+/// All the values of a list header as one list (RFC 9110 section 5.3), or
+/// None when the header is absent; values that are not text are skipped.
+fn joined(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
+    let mut values = headers.get_all(name).iter().peekable();
+    values.peek()?;
+    Some(
+        values
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
 }
 
 /// Key of a stored response. Only GET and HEAD are answered from the cache, and
@@ -209,6 +137,15 @@ mod tests {
     fn with(name: &'static str, value: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(name, HeaderValue::from_str(value).expect("ascii"));
+        h
+    }
+
+    /// One header line per item, as some clients and proxies send lists.
+    fn lines(name: &'static str, items: &[String]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for item in items {
+            h.append(name, HeaderValue::from_str(item).expect("ascii"));
+        }
         h
     }
 
@@ -258,6 +195,8 @@ mod tests {
             ("br;q=0.5, gzip", Coding::Gzip),
             ("br;q=0, gzip;q=0", Coding::Identity),
             ("identity", Coding::Identity),
+            ("identity, gzip;q=0.1", Coding::Identity),
+            ("identity;q=0.1, gzip", Coding::Gzip),
             ("deflate", Coding::Identity),
             ("*", Coding::Zstd),
             ("*, zstd;q=0", Coding::Br),
@@ -302,7 +241,8 @@ mod tests {
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(crate::proptest_cases()))]
 
-        /// The variant the cache keys is the one the feed server would send.
+        /// The variant the cache keys is the one the feed server would send for
+        /// the same list, also when the client splits it over several lines.
         #[test]
         fn the_format_agrees_with_the_feed_servers_negotiation(
             items in proptest::collection::vec(
@@ -314,7 +254,7 @@ mod tests {
                 0..6,
             )
         ) {
-            let accept = items
+            let items = items
                 .iter()
                 .map(|(media, q, param)| {
                     let mut item = media.clone();
@@ -328,10 +268,10 @@ mod tests {
                     }
                     item
                 })
-                .collect::<Vec<_>>()
-                .join(", ");
+                .collect::<Vec<_>>();
+            let accept = items.join(", ");
             proptest::prop_assert_eq!(
-                Format::negotiate(&with("accept", &accept)),
+                Format::negotiate(&lines("accept", &items)),
                 feed_format(&accept),
                 "{}", accept
             );
@@ -347,16 +287,16 @@ mod tests {
                 0..6,
             )
         ) {
-            let ae = items
+            let items = items
                 .iter()
                 .map(|(coding, q)| match q {
                     Some(q) => format!("{coding};q={q}"),
                     None => coding.clone(),
                 })
-                .collect::<Vec<_>>()
-                .join(", ");
+                .collect::<Vec<_>>();
+            let ae = items.join(", ");
             proptest::prop_assert_eq!(
-                Coding::negotiate(&with("accept-encoding", &ae)),
+                Coding::negotiate(&lines("accept-encoding", &items)),
                 feed_coding(&ae),
                 "{}", ae
             );

@@ -161,6 +161,8 @@ struct Inner {
     home: Option<String>,
     /// One task at a time extends the hash chain.
     chain: tokio::sync::Mutex<()>,
+    /// Set when the server shuts down: held long polls are answered at once.
+    closing: tokio::sync::watch::Sender<bool>,
     /// Long polls being held, per client address.
     long_polls: std::sync::Mutex<HashMap<IpAddr, usize>>,
     max_long_polls_per_client: usize,
@@ -207,6 +209,7 @@ impl FeedServer {
                 docs,
                 home: config.home_url,
                 chain: tokio::sync::Mutex::new(()),
+                closing: tokio::sync::watch::Sender::new(false),
                 long_polls: std::sync::Mutex::new(HashMap::new()),
                 max_long_polls_per_client: config.max_long_polls_per_client,
             }),
@@ -231,6 +234,26 @@ impl FeedServer {
     /// The public base URL.
     pub fn base_url(&self) -> &str {
         &self.inner.base
+    }
+
+    /// Answers every held long poll now, and every later one at once: call it when
+    /// the server starts shutting down, or a graceful shutdown waits for the longest
+    /// long poll (a gateway in front may hold one for every subscriber).
+    pub fn release_long_polls(&self) {
+        self.inner.closing.send_replace(true);
+    }
+
+    /// The graceful-shutdown future for [`serve`]: resolves with `shutdown` after
+    /// releasing the long polls.
+    pub fn shutdown_on(
+        &self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let server = self.clone();
+        async move {
+            shutdown.await;
+            server.release_long_polls();
+        }
     }
 
     /// The feed routes, ready to be merged into a service's router.
@@ -355,6 +378,11 @@ impl FeedServer {
             None => (layout.page_of(1), None),
             Some((_, to, d)) if to < page.from => (layout.page_of(to + 1), Some(d)),
             Some((from, to, _)) => {
+                // Recorded since the check above: by `check_chain`, which does not
+                // take the lock, or by another process serving the same log.
+                if let Some((_, d)) = log.page_digest(base, page.from).await? {
+                    return Ok(d);
+                }
                 return Err(StoreError::Corrupt {
                     position: page.from as i64,
                     reason: format!("page {page} has no digest although page {from}-{to} has one"),
@@ -863,9 +891,18 @@ async fn serve_head(
             Some(ip) => Some(LongPollSlot::take(&s, ip).ok_or(FeedError::TooManyLongPolls)?),
             None => None,
         };
-        applied = Some(wait);
         drop(rx);
-        head = s.inner.log.wait_for_append(head, wait).await?;
+        let mut closing = s.inner.closing.subscribe();
+        tokio::select! {
+            appended = s.inner.log.wait_for_append(head, wait) => {
+                head = appended?;
+                applied = Some(wait);
+            }
+            // A server going down answers at once, without `Preference-Applied`
+            // (the wait was not honoured), so a graceful shutdown is not held up
+            // for the length of a long poll.
+            _ = closing.wait_for(|c| *c) => {}
+        }
         s.inner.known_head.fetch_max(head, Ordering::Relaxed);
         etag = head_etag(&s, head, w);
     }

@@ -389,14 +389,14 @@ impl<H: Handler> Subscriber<H> {
                 step = self.poll_once() => step,
             };
             let pause = match step {
+                // Progress, or a long poll the producer held: it is healthy.
                 Ok(Progress::Applied { .. }) | Ok(Progress::CaughtUp { waited: true, .. }) => {
                     delay = min;
                     None
                 }
-                Ok(Progress::CaughtUp { waited: false, .. }) => {
-                    delay = min;
-                    Some(self.config.poll_interval)
-                }
+                // An answer that proves nothing about the producer (a cache may serve
+                // a stale head while the origin is down), so the backoff is kept.
+                Ok(Progress::CaughtUp { waited: false, .. }) => Some(self.config.poll_interval),
                 Err(e) if e.is_fatal() => {
                     tracing::error!(subscription = %self.config.name, error = %e, "subscription stopped");
                     return Err(e);
@@ -578,10 +578,11 @@ impl<H: Handler> Subscriber<H> {
             }
         };
         if new.is_empty() {
+            // A document with nothing new was not a long poll held by the producer.
             self.cursor = next_cursor;
             return Ok(Progress::CaughtUp {
                 position: cp.position,
-                waited: true,
+                waited: false,
             });
         }
         let events: Vec<Event> = new.into_iter().cloned().collect();

@@ -571,3 +571,69 @@ async fn database_failures_get_a_generic_problem_without_sql_or_paths() {
     assert_eq!(status, 503);
     assert_eq!(leaks(&body), Vec::<String>::new());
 }
+
+/// Two processes behind one public base URL (a load balancer) serve the same log;
+/// the first readers of a fresh log ask for every sealed page at once on both. Each
+/// records the hash chain where it finds it missing, and every page comes out 200,
+/// with the same bytes from either process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_reads_of_every_sealed_page_on_two_processes_agree() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let url = sqlite_url(&dir, "log.db");
+    let writer = EventLog::connect(&url).await.expect("log");
+    append_n(&writer, 305, 50).await;
+    // Each round is a new public base URL, so a new chain recorded from nothing.
+    for round in 0..6 {
+        first_reads_on_two_processes(&url, &format!("http://feeds{round}.example")).await;
+    }
+}
+
+async fn first_reads_on_two_processes(url: &str, public: &str) {
+    let mut bases = Vec::new();
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let log = EventLog::connect(url).await.expect("second process");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        bases.push(format!("http://{}", listener.local_addr().expect("addr")));
+        let mut config = feed::server::FeedConfig::new(public, "test");
+        config.page_size = Some(10);
+        let server = feed::server::FeedServer::new(log, config)
+            .await
+            .expect("server");
+        tasks.push(tokio::spawn(async move {
+            let _ = feed::server::serve(listener, server.router(), std::future::pending()).await;
+        }));
+    }
+    let c = client();
+    let mut requests = Vec::new();
+    for from in (1..=291).step_by(10) {
+        for base in &bases {
+            requests.push((from, format!("{base}/feed/archive/{from}-{}", from + 9)));
+        }
+    }
+    fastrand::shuffle(&mut requests);
+    let answers = futures::future::join_all(requests.into_iter().map(|(from, url)| {
+        let c = c.clone();
+        async move {
+            let r = get(&c, &url, &[]).await;
+            (from, r.status().as_u16(), r.text().await.expect("body"))
+        }
+    }))
+    .await;
+    let mut pages = std::collections::BTreeMap::new();
+    for (from, status, body) in answers {
+        assert_eq!(status, 200, "page from {from}: {body}");
+        if let Some(other) = pages.insert(from, body.clone()) {
+            assert!(
+                other == body,
+                "page from {from} differs between the processes"
+            );
+        }
+    }
+    assert_eq!(pages.len(), 30);
+    for task in tasks {
+        task.abort();
+    }
+}

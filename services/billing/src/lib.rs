@@ -98,6 +98,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let base_url = config.args.public_base_url(&listener)?;
     let service = Service::open(NAME, &config.args, &MIGRATIONS, &base_url).await?;
+    // A child token, so a failing server also stops the subscription, and only it.
+    let stop = shutdown.child_token();
     let mut tasks = JoinSet::new();
     service.subscriptions.spawn(
         &mut tasks,
@@ -105,23 +107,11 @@ pub async fn run(
         SALES_SUBSCRIPTION,
         &config.sales_feed,
         charging::Charging::new(service.log.clone(), config.default_limit()),
-        shutdown.clone().cancelled_owned(),
+        stop.clone().cancelled_owned(),
     );
     tracing::info!(%base_url, sales_feed = %config.sales_feed, "billing listening");
     let app = routes(&service, &config);
-    let served = kit::serve(listener, app, shutdown.clone().cancelled_owned()).await;
-    // However serving ended, the subscription ends with it.
-    shutdown.cancel();
-    let mut failed = None;
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => failed = Some(e),
-            Err(e) => failed = Some(e.into()),
-        }
-    }
-    served?;
-    failed.map_or(Ok(()), Err)
+    service.serve_until(listener, app, tasks, stop).await
 }
 
 /// The service's whole HTTP app around its routes.

@@ -14,6 +14,7 @@
 use feed::db::MigrationSet;
 use kit::Service;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 mod products;
@@ -65,10 +66,12 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let base_url = config.args.public_base_url(&listener)?;
-    let app = app(&config, &base_url).await?;
+    let service = Service::open(NAME, &config.args, &MIGRATIONS, &base_url).await?;
+    let app = service.app(products::router(service.clone()));
     tracing::info!(%base_url, "catalog listening");
-    kit::serve(listener, app, shutdown.cancelled_owned()).await?;
-    Ok(())
+    service
+        .serve_until(listener, app, JoinSet::new(), shutdown.child_token())
+        .await
 }
 
 /// The catalog's whole HTTP app (commands, feed, index) on the database `config`

@@ -115,18 +115,7 @@ pub async fn run(
         );
     }
     let app = service.app(orders::router(service.db.clone()));
-    let served = kit::serve(listener, app, stop.clone().cancelled_owned()).await;
-    stop.cancel();
-    let mut failure = served.err().map(anyhow::Error::from);
-    while let Some(done) = tasks.join_next().await {
-        let result = done.map_err(anyhow::Error::from).and_then(|r| r);
-        if let Err(e) = result {
-            tracing::error!(error = %format!("{e:#}"), "subscription failed");
-            failure.get_or_insert(e);
-        }
-    }
-    service.db.close().await;
-    failure.map_or(Ok(()), Err)
+    service.serve_until(listener, app, tasks, stop).await
 }
 
 /// Forgets the process state and both checkpoints, then replays sales and billing from

@@ -84,24 +84,27 @@ impl Service {
         })
     }
 
-    /// Serves [`Service::app`]`(routes)` on `listener` until `stop` is cancelled, then
-    /// cancels `stop` (so the subscriptions started with its child futures end), waits
-    /// for the `tasks` and closes the database. The first failure (the server's, or a
-    /// subscription's fatal feed error) is returned.
+    /// Serves `app` (built with [`Service::app`]) on `listener` until `stop` is
+    /// cancelled, then cancels `stop` (so the subscriptions started with its child
+    /// futures end), waits for the `tasks` and closes the database. Long polls held
+    /// on the feed are answered at once when the shutdown starts, so it is not held
+    /// up by a gateway's long polls. The first failure (the server's, or a task's:
+    /// e.g. a subscription's fatal feed error) is returned. Pass a child token of the
+    /// caller's, so a failing service does not stop others sharing the parent.
     pub async fn serve_until(
         self,
         listener: TcpListener,
-        routes: Router,
+        app: Router,
         mut tasks: JoinSet<anyhow::Result<()>>,
         stop: tokio_util::sync::CancellationToken,
     ) -> anyhow::Result<()> {
-        let app = self.app(routes);
-        let served = serve(listener, app, stop.clone().cancelled_owned()).await;
+        let shutdown = self.feed.shutdown_on(stop.clone().cancelled_owned());
+        let served = serve(listener, app, shutdown).await;
         stop.cancel();
         let mut failure = served.err().map(anyhow::Error::from);
         while let Some(done) = tasks.join_next().await {
             if let Err(e) = done.map_err(anyhow::Error::from).and_then(|r| r) {
-                tracing::error!(service = self.name, error = %format!("{e:#}"), "subscription failed");
+                tracing::error!(service = self.name, error = %format!("{e:#}"), "a task of the service failed");
                 failure.get_or_insert(e);
             }
         }

@@ -134,6 +134,9 @@ pub async fn run(
     let base_url = config.args.public_base_url(&listener)?;
     let mailer = mailer::Mailer::from_config(&config)?;
     let service = Service::open(NAME, &config.args, &MIGRATIONS, &base_url).await?;
+    // A child token, so a failing server also stops the subscriptions and the mailer,
+    // and only them.
+    let stop = shutdown.child_token();
     let mut tasks = JoinSet::new();
     service.subscriptions.spawn(
         &mut tasks,
@@ -141,7 +144,7 @@ pub async fn run(
         CATALOG_SUBSCRIPTION,
         &config.catalog_feed,
         replica::CatalogReplica,
-        shutdown.clone().cancelled_owned(),
+        stop.clone().cancelled_owned(),
     );
     let wake = std::sync::Arc::new(tokio::sync::Notify::new());
     service.subscriptions.spawn(
@@ -150,30 +153,18 @@ pub async fn run(
         MAILER_SUBSCRIPTION,
         &format!("{base_url}/feed"),
         mailer::Confirmations::new(wake.clone()),
-        shutdown.clone().cancelled_owned(),
+        stop.clone().cancelled_owned(),
     );
     tasks.spawn(mailer::send_confirmations(
         service.db.clone(),
         service.log.clone(),
         mailer,
         wake,
-        shutdown.clone(),
+        stop.clone(),
     ));
     tracing::info!(%base_url, catalog_feed = %config.catalog_feed, "sales listening");
     let app = routes(&service);
-    let served = kit::serve(listener, app, shutdown.clone().cancelled_owned()).await;
-    // However serving ended, the subscriptions end with it.
-    shutdown.cancel();
-    let mut failed = None;
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => failed = Some(e),
-            Err(e) => failed = Some(e.into()),
-        }
-    }
-    served?;
-    failed.map_or(Ok(()), Err)
+    service.serve_until(listener, app, tasks, stop).await
 }
 
 /// The service's whole HTTP app around its routes.

@@ -256,7 +256,6 @@ async fn during_an_origin_outage_sealed_pages_stay_served_and_the_subscriber_los
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: Subscriber::run resets its backoff when a re-locate after an error finds the stale cached head (CaughtUp waited:true), ~20 requests/s during an outage"]
 async fn during_an_origin_outage_the_subscriber_backs_off_instead_of_polling_in_a_loop() {
     let o = outage(knob("OUTAGE_SECS", 8)).await;
     eprintln!(

@@ -49,7 +49,7 @@ pub(crate) async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let app = server
         .router()
         .layer(tower_http::trace::TraceLayer::new_for_http());
-    feed::server::serve(listener, app, shutdown_signal()).await?;
+    feed::server::serve(listener, app, server.shutdown_on(shutdown_signal())).await?;
     Ok(ExitCode::SUCCESS)
 }
 
