@@ -308,11 +308,12 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
 
 /// Waits until `url` answers at all.
 pub(crate) async fn wait_until_up(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
-    for _ in 0..300 {
+    // Generous: varnishd compiles its VCL with a C compiler first.
+    for _ in 0..1200 {
         if client.get(url).send().await.is_ok() {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    bail!("{url} did not come up within 15 s")
+    bail!("{url} did not come up within 60 s")
 }
