@@ -180,7 +180,8 @@ pub struct SubscriberConfig {
     pub name: String,
     /// The feed's head URL, e.g. `http://127.0.0.1:8080/sales/feed`.
     pub feed_url: String,
-    /// How long a long poll may be held (the producer caps it at 30 s).
+    /// How long a long poll may be held (the producer caps it at 30 s); zero
+    /// polls plainly, every `poll_interval`.
     pub long_poll: Duration,
     /// Pause between polls when the producer does not hold long polls.
     pub poll_interval: Duration,
@@ -444,7 +445,11 @@ impl<H: Handler> Subscriber<H> {
         let cp = self.load_checkpoint().await?;
         let mut fetched = match self.cursor.clone() {
             Cursor::Head { url, etag } => {
-                let wait = etag.is_some().then_some(self.config.long_poll);
+                // A zero long poll means plain polling: no `Prefer: wait` at all.
+                let wait = etag
+                    .is_some()
+                    .then_some(self.config.long_poll)
+                    .filter(|w| !w.is_zero());
                 match self.fetch(&url, etag.as_deref(), wait).await? {
                     Answer::NotModified { waited } => {
                         return Ok(Progress::CaughtUp {
