@@ -193,7 +193,17 @@ impl EventLog {
         let mut head = lock_head(tx).await?;
 
         let ids: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
-        let existing = existing_ids(tx, &ids).await?;
+        let streams: Vec<&str> = {
+            let mut seen = HashSet::new();
+            events
+                .iter()
+                .map(|e| e.stream.as_str())
+                .filter(|s| seen.insert(*s))
+                .collect()
+        };
+        // One round trip for both while the head is locked (each one holds up
+        // every other writer), except for batches too large for one statement.
+        let (existing, mut versions) = existing_and_versions(tx, &ids, &streams).await?;
         if existing.len() == events.len() {
             return Ok(ids.iter().map(|id| existing[id]).collect());
         }
@@ -204,15 +214,6 @@ impl EventLog {
             }
         }
 
-        let streams: Vec<&str> = {
-            let mut seen = HashSet::new();
-            events
-                .iter()
-                .map(|e| e.stream.as_str())
-                .filter(|s| seen.insert(*s))
-                .collect()
-        };
-        let mut versions = stream_versions(tx, &streams).await?;
         {
             let stream = &events[0].stream;
             let actual = versions.get(stream.as_str()).copied().unwrap_or(0);
@@ -305,15 +306,21 @@ impl EventLog {
         tx: &mut AnyConnection,
         head: Position,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE feed_head SET position = $1 WHERE id = 1")
+        if self.db.backend() == Backend::Postgres {
+            // The notification is delivered to listeners when (and only if) the
+            // transaction commits; one statement, so one round trip under the lock.
+            sqlx::query(
+                "WITH n AS (SELECT pg_notify($2, $3)) \
+                 UPDATE feed_head SET position = $1 FROM n WHERE id = 1",
+            )
             .bind(head as i64)
+            .bind(NOTIFY_CHANNEL)
+            .bind(head.to_string())
             .execute(&mut *tx)
             .await?;
-        if self.db.backend() == Backend::Postgres {
-            // Delivered to listeners when (and only if) the transaction commits.
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(NOTIFY_CHANNEL)
-                .bind(head.to_string())
+        } else {
+            sqlx::query("UPDATE feed_head SET position = $1 WHERE id = 1")
+                .bind(head as i64)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -725,6 +732,47 @@ async fn lock_head(tx: &mut AnyConnection) -> Result<Position, sqlx::Error> {
     .fetch_one(&mut *tx)
     .await?;
     Ok(p as Position)
+}
+
+/// The positions of the ids already in the log and the current version of each
+/// stream, in one query when the batch fits in one statement.
+async fn existing_and_versions<'a>(
+    tx: &mut AnyConnection,
+    ids: &[String],
+    streams: &[&'a str],
+) -> Result<(HashMap<String, Position>, HashMap<&'a str, u64>), sqlx::Error> {
+    if ids.len() + streams.len() > 500 {
+        let existing = existing_ids(tx, ids).await?;
+        let versions = stream_versions(tx, streams).await?;
+        return Ok((existing, versions));
+    }
+    let sql = format!(
+        "SELECT CAST(0 AS BIGINT), id, position FROM feed_events WHERE id IN ({}) \
+         UNION ALL \
+         SELECT CAST(1 AS BIGINT), stream, MAX(stream_version) FROM feed_events \
+         WHERE stream IN ({}) GROUP BY stream",
+        placeholders(1, ids.len()),
+        placeholders(ids.len() + 1, streams.len())
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for id in ids {
+        q = q.bind(id.as_str());
+    }
+    for s in streams {
+        q = q.bind(*s);
+    }
+    let (mut existing, mut versions) = (HashMap::new(), HashMap::new());
+    for row in q.fetch_all(&mut *tx).await? {
+        let kind: i64 = row.try_get(0)?;
+        let name: String = row.try_get(1)?;
+        let n: i64 = row.try_get(2)?;
+        if kind == 0 {
+            existing.insert(name, n as Position);
+        } else if let Some(key) = streams.iter().find(|k| **k == name) {
+            versions.insert(*key, n as u64);
+        }
+    }
+    Ok((existing, versions))
 }
 
 async fn existing_ids(

@@ -287,6 +287,10 @@ pub struct Subscriber<H> {
     /// Digests of sealed pages seen in this run, to notice rewritten history.
     seen: HashMap<String, String>,
     status: Arc<Status>,
+    /// The last step found nothing new on a document it reached by a link (not by
+    /// a conditional request of the head): the head's ETag is known now, so the
+    /// next step is the long poll, at once.
+    poll_at_once: bool,
 }
 
 impl<H> std::fmt::Debug for Subscriber<H> {
@@ -321,6 +325,7 @@ impl<H: Handler> Subscriber<H> {
             cursor: Cursor::Locate,
             checkpoint: None,
             seen: HashMap::new(),
+            poll_at_once: false,
             status: Arc::new(Status::default()),
         }
     }
@@ -397,7 +402,12 @@ impl<H: Handler> Subscriber<H> {
                 }
                 // An answer that proves nothing about the producer (a cache may serve
                 // a stale head while the origin is down), so the backoff is kept.
-                Ok(Progress::CaughtUp { waited: false, .. }) => Some(self.config.poll_interval),
+                // A link led to the head with nothing new (e.g. the next page of a
+                // page just sealed): long-poll now, without resetting the backoff.
+                // Otherwise the producer answered at once: wait the interval.
+                Ok(Progress::CaughtUp { waited: false, .. }) => {
+                    (!std::mem::take(&mut self.poll_at_once)).then_some(self.config.poll_interval)
+                }
                 Err(e) if e.is_fatal() => {
                     tracing::error!(subscription = %self.config.name, error = %e, "subscription stopped");
                     return Err(e);
@@ -442,6 +452,8 @@ impl<H: Handler> Subscriber<H> {
     }
 
     async fn step(&mut self) -> Result<Progress, SubscribeError> {
+        self.poll_at_once = false;
+        let conditional = matches!(&self.cursor, Cursor::Head { etag: Some(_), .. });
         let cp = self.load_checkpoint().await?;
         let mut fetched = match self.cursor.clone() {
             Cursor::Head { url, etag } => {
@@ -484,7 +496,11 @@ impl<H: Handler> Subscriber<H> {
             }
             break;
         }
-        self.apply(cp, fetched).await
+        let applied = self.apply(cp, fetched).await;
+        if let Ok(Progress::CaughtUp { waited: false, .. }) = applied {
+            self.poll_at_once = !conditional;
+        }
+        applied
     }
 
     async fn locate(&mut self, cp: &Checkpoint) -> Result<Fetched, SubscribeError> {

@@ -726,3 +726,39 @@ async fn an_endless_document_is_refused_while_it_downloads() {
         "{mib} MiB were produced before the refusal"
     );
 }
+
+/// A subscriber that is caught up when the producer seals its page follows the
+/// `next-archive` link to the new head, finds nothing new there yet, and must go
+/// straight back to the long poll: a pause of `poll_interval` (an hour here) at each
+/// page boundary would hold every event appended meanwhile back by that long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_sealed_while_caught_up_does_not_make_the_subscriber_pause() {
+    let src_dir = tempfile::tempdir().expect("tmp");
+    let log = EventLog::connect(&sqlite_url(&src_dir, "src.db"))
+        .await
+        .expect("log");
+    let feed = TestFeed::start(log.clone(), 5).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = replica_db(&dir).await;
+    let mut config = fast("replica", feed.url("/feed"));
+    config.long_poll = Duration::from_secs(30);
+    config.poll_interval = Duration::from_secs(3600);
+    let sub = Subscriber::new(config, db.clone(), Replica);
+    let status = sub.status();
+    let task = tokio::spawn(sub.run(std::future::pending()));
+    // Three page boundaries, each event appended once the one before arrived.
+    for n in 1..=16u64 {
+        append_n(&log, 1, 1).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while status.checkpoint() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "event {n} did not arrive: the subscriber is pausing at {}",
+                status.checkpoint()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    task.abort();
+    assert_eq!(rows(&db).await.len(), 16);
+}

@@ -143,7 +143,12 @@ impl Gateway {
             self.until(
                 &format!("{s} to answer"),
                 Duration::from_secs(60),
-                || async { self.get(&format!("/{s}/")).await.0 == 200 },
+                // A query no one asked for before: the gateway's cache cannot
+                // answer it with the index it stored before a kill.
+                || async {
+                    let probe = uuid::Uuid::new_v4();
+                    self.get(&format!("/{s}/?probe={probe}")).await.0 == 200
+                },
             )
             .await;
         }
