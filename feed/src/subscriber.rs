@@ -276,6 +276,31 @@ enum Answer {
     NotModified { waited: bool },
 }
 
+/// A response as it came off the wire, before it is read as a feed document.
+enum Raw {
+    NotModified {
+        waited: bool,
+    },
+    Body {
+        etag: Option<String>,
+        body: bytes::Bytes,
+    },
+}
+
+/// The next sealed page, requested while the current one is being applied, so the
+/// producer renders (or the cache sends) page N+1 while page N is written. Aborted
+/// when dropped (the subscriber stopped, failed, or went elsewhere).
+struct Prefetch {
+    url: String,
+    task: tokio::task::JoinHandle<Result<Raw, SubscribeError>>,
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Follows one feed into a handler. See the module docs.
 pub struct Subscriber<H> {
     config: SubscriberConfig,
@@ -291,6 +316,7 @@ pub struct Subscriber<H> {
     /// a conditional request of the head): the head's ETag is known now, so the
     /// next step is the long poll, at once.
     poll_at_once: bool,
+    prefetch: Option<Prefetch>,
 }
 
 impl<H> std::fmt::Debug for Subscriber<H> {
@@ -326,6 +352,7 @@ impl<H: Handler> Subscriber<H> {
             checkpoint: None,
             seen: HashMap::new(),
             poll_at_once: false,
+            prefetch: None,
             status: Arc::new(Status::default()),
         }
     }
@@ -446,6 +473,7 @@ impl<H: Handler> Subscriber<H> {
                 // the way from it.
                 self.cursor = Cursor::Locate;
                 self.checkpoint = None;
+                self.prefetch = None;
             }
         }
         result
@@ -606,6 +634,13 @@ impl<H: Handler> Subscriber<H> {
                 waited: false,
             });
         }
+        if let Cursor::Page(next) = &next_cursor {
+            self.status.requests.fetch_add(1, Ordering::Relaxed);
+            self.prefetch = Some(Prefetch {
+                url: next.clone(),
+                task: tokio::spawn(raw_get(self.client.clone(), next.clone(), None, None)),
+            });
+        }
         let events: Vec<Event> = new.into_iter().cloned().collect();
         let last = expected - 1;
         let page_url = f.doc.links.this.clone().unwrap_or_else(|| f.url.clone());
@@ -692,40 +727,35 @@ impl<H: Handler> Subscriber<H> {
         etag: Option<&str>,
         wait: Option<Duration>,
     ) -> Result<Answer, SubscribeError> {
-        let mut req = self
-            .client
-            .get(url)
-            .header(reqwest::header::ACCEPT, atom::FEED_MEDIA_TYPE)
-            .timeout(wait.unwrap_or_default() + Duration::from_secs(30));
-        if let Some(etag) = etag {
-            req = req.header(reqwest::header::IF_NONE_MATCH, etag);
-        }
-        if let Some(wait) = wait {
-            req = req.header("prefer", format!("wait={}", wait.as_secs()));
-        }
-        self.status.requests.fetch_add(1, Ordering::Relaxed);
-        let unreachable = |source| SubscribeError::Unreachable {
-            url: url.to_owned(),
-            source,
+        let prefetched = self
+            .prefetch
+            .take()
+            .filter(|p| p.url == url && etag.is_none() && wait.is_none());
+        let raw = match prefetched {
+            Some(mut p) => match (&mut p.task).await {
+                Ok(raw) => raw?,
+                Err(e) => {
+                    return Err(SubscribeError::Malformed {
+                        url: url.to_owned(),
+                        reason: format!("the request was lost: {e}"),
+                    });
+                }
+            },
+            None => {
+                self.status.requests.fetch_add(1, Ordering::Relaxed);
+                raw_get(
+                    self.client.clone(),
+                    url.to_owned(),
+                    etag.map(str::to_owned),
+                    wait,
+                )
+                .await?
+            }
         };
-        let resp = req.send().await.map_err(unreachable)?;
-        let status = resp.status();
-        if status == reqwest::StatusCode::NOT_MODIFIED {
-            let waited = resp.headers().contains_key("preference-applied");
-            return Ok(Answer::NotModified { waited });
-        }
-        if !status.is_success() {
-            return Err(SubscribeError::Http {
-                url: url.to_owned(),
-                status: status.as_u16(),
-            });
-        }
-        let etag = resp
-            .headers()
-            .get(reqwest::header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = read_limited(resp, url).await?;
+        let (etag, body) = match raw {
+            Raw::NotModified { waited } => return Ok(Answer::NotModified { waited }),
+            Raw::Body { etag, body } => (etag, body),
+        };
         let digest = hex(&Sha256::digest(&body));
         let text = std::str::from_utf8(&body).map_err(|e| SubscribeError::Malformed {
             url: url.to_owned(),
@@ -794,6 +824,50 @@ impl<H> Subscriber<H> {
 
 /// Reads a response body, refusing it as soon as it grows past
 /// [`atom::MAX_DOCUMENT_BYTES`] (so a hostile producer cannot exhaust memory).
+/// One GET of a feed document, up to its body.
+async fn raw_get(
+    client: reqwest::Client,
+    url: String,
+    etag: Option<String>,
+    wait: Option<Duration>,
+) -> Result<Raw, SubscribeError> {
+    let mut req = client
+        .get(&url)
+        .header(reqwest::header::ACCEPT, atom::FEED_MEDIA_TYPE)
+        .timeout(wait.unwrap_or_default() + Duration::from_secs(30));
+    if let Some(etag) = &etag {
+        req = req.header(reqwest::header::IF_NONE_MATCH, etag);
+    }
+    if let Some(wait) = wait {
+        req = req.header("prefer", format!("wait={}", wait.as_secs()));
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|source| SubscribeError::Unreachable {
+            url: url.clone(),
+            source,
+        })?;
+    let status = resp.status();
+    if status == reqwest::StatusCode::NOT_MODIFIED {
+        let waited = resp.headers().contains_key("preference-applied");
+        return Ok(Raw::NotModified { waited });
+    }
+    if !status.is_success() {
+        return Err(SubscribeError::Http {
+            url,
+            status: status.as_u16(),
+        });
+    }
+    let etag = resp
+        .headers()
+        .get(reqwest::header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = read_limited(resp, &url).await?;
+    Ok(Raw::Body { etag, body })
+}
+
 async fn read_limited(
     mut resp: reqwest::Response,
     url: &str,
