@@ -727,20 +727,16 @@ impl<H: Handler> Subscriber<H> {
         etag: Option<&str>,
         wait: Option<Duration>,
     ) -> Result<Answer, SubscribeError> {
-        let prefetched = self
-            .prefetch
-            .take()
-            .filter(|p| p.url == url && etag.is_none() && wait.is_none());
+        // The next page, if it was requested ahead; a prefetch whose task did not
+        // finish (it panicked) is simply requested again.
+        let prefetched = match self.prefetch.take() {
+            Some(mut p) if p.url == url && etag.is_none() && wait.is_none() => {
+                (&mut p.task).await.ok()
+            }
+            _ => None,
+        };
         let raw = match prefetched {
-            Some(mut p) => match (&mut p.task).await {
-                Ok(raw) => raw?,
-                Err(e) => {
-                    return Err(SubscribeError::Malformed {
-                        url: url.to_owned(),
-                        reason: format!("the request was lost: {e}"),
-                    });
-                }
-            },
+            Some(raw) => raw?,
             None => {
                 self.status.requests.fetch_add(1, Ordering::Relaxed);
                 raw_get(

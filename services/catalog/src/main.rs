@@ -1,7 +1,6 @@
 //! `catalog`: serve the catalog service, or rebuild its replicas (it has none).
 
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,15 +30,11 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
-            let listener = tokio::net::TcpListener::bind(cli.config.args.listen).await?;
-            eprintln!("catalog listening on http://{}", listener.local_addr()?);
-            let shutdown = CancellationToken::new();
-            let on_signal = shutdown.clone();
-            tokio::spawn(async move {
-                kit::shutdown_signal().await;
-                on_signal.cancel();
-            });
-            catalog::run(cli.config, listener, shutdown).await
+            let listen = cli.config.args.listen;
+            kit::serve_command("catalog", listen, |listener, shutdown| {
+                catalog::run(cli.config, listener, shutdown)
+            })
+            .await
         }
         Command::Rebuild => {
             eprintln!(

@@ -2,7 +2,6 @@
 
 use clap::{Parser, Subcommand};
 use fulfilment::Config;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,15 +30,11 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
-            let listener = tokio::net::TcpListener::bind(cli.config.args.listen).await?;
-            tracing::info!(address = %listener.local_addr()?, "fulfilment listening");
-            let shutdown = CancellationToken::new();
-            let on_signal = shutdown.clone();
-            tokio::spawn(async move {
-                kit::shutdown_signal().await;
-                on_signal.cancel();
-            });
-            fulfilment::run(cli.config, listener, shutdown).await
+            let listen = cli.config.args.listen;
+            kit::serve_command("fulfilment", listen, |listener, shutdown| {
+                fulfilment::run(cli.config, listener, shutdown)
+            })
+            .await
         }
         Command::Rebuild => fulfilment::rebuild(cli.config).await,
     }

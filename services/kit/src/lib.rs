@@ -27,7 +27,8 @@ pub use config::{ServiceArgs, redact_url};
 pub use error::{ApiError, ApiJson};
 pub use replay::replay;
 pub use service::{
-    MAX_BODY_BYTES, Service, Subscriptions, init_tracing, rebuild, serve, shutdown_signal,
+    MAX_BODY_BYTES, Service, Subscriptions, init_tracing, rebuild, serve, serve_command,
+    shutdown_signal,
 };
 
 pub use feed;

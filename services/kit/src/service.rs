@@ -305,6 +305,24 @@ pub async fn serve(
     .await
 }
 
+/// The `serve` command of a service binary: binds `listen`, then runs `run` with the
+/// listener and a token that Ctrl-C or SIGTERM cancels.
+pub async fn serve_command<F, Fut>(name: &str, listen: SocketAddr, run: F) -> anyhow::Result<()>
+where
+    F: FnOnce(TcpListener, tokio_util::sync::CancellationToken) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let listener = TcpListener::bind(listen).await?;
+    tracing::info!(address = %listener.local_addr()?, "{name} listening");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        on_signal.cancel();
+    });
+    run(listener, shutdown).await
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
