@@ -624,7 +624,12 @@ async fn latency(
         config.long_poll = Duration::ZERO;
         config.poll_interval = Duration::from_secs(1);
     }
-    let sub = Subscriber::new(config, log.database().clone(), arrivals.clone());
+    // The subscriber keeps its checkpoint in a database of its own, as a
+    // consuming service does, so its commits never queue behind the producer's
+    // appends for SQLite's one write lock.
+    let own =
+        EventLog::connect(&dir.join(format!("p4-{name}-sub.db")).display().to_string()).await?;
+    let sub = Subscriber::new(config, own.database().clone(), arrivals.clone());
     let status = sub.status();
     let running = tokio::spawn(sub.run(stopped()));
     let wait_for = |position: u64| {

@@ -1,4 +1,5 @@
-//! Criterion micro-benchmarks of the Atom writer and reader on one full sealed page
+//! Criterion micro-benchmarks of the Atom writer and reader, and of the gzip
+//! coding the server applies, on one full sealed page
 //! (`DEFAULT_PAGE_SIZE` entries of a typical retail event), so regressions in the
 //! code every replay and every page render runs show up:
 //! `cargo bench -p feed --bench atom`.
@@ -13,6 +14,8 @@ use chrono::{TimeZone, Utc};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use feed::atom::{FeedMeta, Links, parse_feed, render_feed};
 use feed::event::{Event, EventType, StreamId};
+use feed::negotiate::Coding;
+use feed::server::{Effort, compress};
 
 fn page(n: u64) -> Vec<Event> {
     let start = Utc
@@ -92,6 +95,19 @@ fn bench(c: &mut Criterion) {
     g.bench_function("reference: feed-rs", |b| {
         b.iter(|| feed_rs::parser::parse(black_box(xml.as_bytes())).expect("feed-rs"))
     });
+    g.finish();
+
+    // The server's content coding of the same page: gzip as it is done once for a
+    // sealed page, and at the speed it is done for every new version of a head.
+    let mut g = c.benchmark_group(format!("gzip of a page of {n} entries"));
+    g.throughput(Throughput::Bytes(xml.len() as u64));
+    for (name, effort) in [("sealed page", Effort::Kept), ("head", Effort::Brief)] {
+        let size = compress(xml.as_bytes(), Coding::Gzip, effort).len();
+        eprintln!("gzip, {name}: {} -> {size} bytes", xml.len());
+        g.bench_function(name, |b| {
+            b.iter(|| compress(black_box(xml.as_bytes()), Coding::Gzip, effort))
+        });
+    }
     g.finish();
 }
 

@@ -848,7 +848,7 @@ async fn asset(Path(file): Path<String>, headers: HeaderMap) -> Result<Response,
     let coding = negotiate::negotiate_coding(header_str(&headers, header::ACCEPT_ENCODING));
     let rendered = Rendered {
         etag: format!("\"{}.{}\"", a.hash, coding.etag_tag()).into(),
-        body: encode(a.body.as_bytes().to_vec(), coding).await,
+        body: encode(a.body.as_bytes().to_vec(), coding, Effort::Kept).await,
         link: None,
     };
     let mut r = immutable(
@@ -957,7 +957,7 @@ async fn serve_head(
         Format::Html => s.render_html_page(Which::Log, &nav, &entries, start, head, Some(&etag)),
     };
     let links = s.links(&nav, |d| s.url(d)).to_header();
-    let body = encode(doc.into_bytes(), w.coding).await;
+    let body = encode(doc.into_bytes(), w.coding, Effort::Brief).await;
     Ok(document(
         body,
         w.coding,
@@ -1184,7 +1184,7 @@ async fn stream_head(
         }
     };
     let links = s.links(&nav, |d| s.stream_url(&stream, d)).to_header();
-    let body = encode(doc.into_bytes(), w.coding).await;
+    let body = encode(doc.into_bytes(), w.coding, Effort::Brief).await;
     Ok(document(
         body,
         w.coding,
@@ -1288,7 +1288,7 @@ async fn finish(doc: String, w: Want) -> Rendered {
         ),
     }
     .into();
-    let body = encode(doc.into_bytes(), w.coding).await;
+    let body = encode(doc.into_bytes(), w.coding, Effort::Kept).await;
     Rendered {
         body,
         etag,
@@ -1374,31 +1374,48 @@ fn document(
 }
 
 /// Compresses `raw` for `coding`, off the async threads when it is big.
-async fn encode(raw: Vec<u8>, coding: Coding) -> Bytes {
+/// How hard [`compress`] works on a document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effort {
+    /// Sealed pages, single events and assets: compressed once, then served for a
+    /// year, so a smaller body is worth the CPU.
+    Kept,
+    /// Heads (of the log and of streams): a new version for every append, each
+    /// compressed while a long-polling subscriber waits for it, and fresh for a
+    /// second. The fastest levels take a fraction of the time for a somewhat
+    /// larger body (BENCHMARKS.md has the numbers for a full page).
+    Brief,
+}
+
+async fn encode(raw: Vec<u8>, coding: Coding, effort: Effort) -> Bytes {
     if coding == Coding::Identity {
         return Bytes::from(raw);
     }
     if raw.len() < 64 * 1024 {
-        return Bytes::from(compress(&raw, coding));
+        return Bytes::from(compress(&raw, coding, effort));
     }
-    match tokio::task::spawn_blocking(move || compress(&raw, coding)).await {
+    match tokio::task::spawn_blocking(move || compress(&raw, coding, effort)).await {
         Ok(b) => Bytes::from(b),
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
 
-fn compress(raw: &[u8], coding: Coding) -> Vec<u8> {
+/// A document's body in `coding`, as the server sends it (gzip 6 / brotli 5 /
+/// zstd 3 for what is kept, the fastest levels for heads).
+pub fn compress(raw: &[u8], coding: Coding, effort: Effort) -> Vec<u8> {
+    let kept = effort == Effort::Kept;
     let mut out = Vec::with_capacity(raw.len() / 4 + 64);
     match coding {
         Coding::Identity => out.extend_from_slice(raw),
         Coding::Gzip => {
-            let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::new(6));
+            let level = flate2::Compression::new(if kept { 6 } else { 1 });
+            let mut enc = flate2::write::GzEncoder::new(out, level);
             enc.write_all(raw).expect("writing to a Vec cannot fail");
             out = enc.finish().expect("writing to a Vec cannot fail");
         }
         Coding::Br => {
             let params = brotli::enc::BrotliEncoderParams {
-                quality: 5,
+                quality: if kept { 5 } else { 1 },
                 lgwin: 22,
                 ..Default::default()
             };
@@ -1406,7 +1423,9 @@ fn compress(raw: &[u8], coding: Coding) -> Vec<u8> {
                 .expect("writing to a Vec cannot fail");
         }
         Coding::Zstd => {
-            out = zstd::bulk::compress(raw, 3).expect("zstd compression of a buffer cannot fail");
+            let level = if kept { 3 } else { 1 };
+            out =
+                zstd::bulk::compress(raw, level).expect("zstd compression of a buffer cannot fail");
         }
     }
     out

@@ -287,12 +287,26 @@ enum Raw {
     },
 }
 
-/// The next sealed page, requested while the current one is being applied, so the
-/// producer renders (or the cache sends) page N+1 while page N is written. Aborted
-/// when dropped (the subscriber stopped, failed, or went elsewhere).
+/// A response read as a feed document: its digest and the parsed feed. This is
+/// the CPU-bound half of a fetch.
+enum Got {
+    NotModified {
+        waited: bool,
+    },
+    Doc {
+        etag: Option<String>,
+        digest: String,
+        doc: Box<ParsedFeed>,
+    },
+}
+
+/// The next sealed page, requested and read while the current one is being
+/// applied, so the producer renders (or the cache sends) page N+1 and this
+/// process parses it while page N is written. Aborted when dropped (the
+/// subscriber stopped, failed, or went elsewhere).
 struct Prefetch {
     url: String,
-    task: tokio::task::JoinHandle<Result<Raw, SubscribeError>>,
+    task: tokio::task::JoinHandle<Result<Got, SubscribeError>>,
 }
 
 impl Drop for Prefetch {
@@ -594,21 +608,17 @@ impl<H: Handler> Subscriber<H> {
             })
     }
 
-    async fn apply(&mut self, cp: Checkpoint, f: Fetched) -> Result<Progress, SubscribeError> {
+    async fn apply(&mut self, cp: Checkpoint, mut f: Fetched) -> Result<Progress, SubscribeError> {
         if let Some(head) = f.doc.head_position {
             if head < cp.position {
                 tracing::debug!(subscription = %self.config.name, head, checkpoint = cp.position, "the head is behind the checkpoint: a stale cached copy");
             }
             self.status.head.fetch_max(head, Ordering::Relaxed);
         }
-        let new: Vec<&Event> = f
-            .doc
-            .entries
-            .iter()
-            .filter(|e| e.position > cp.position)
-            .collect();
+        let mut events = std::mem::take(&mut f.doc.entries);
+        events.retain(|e| e.position > cp.position);
         let mut expected = cp.position + 1;
-        for e in &new {
+        for e in &events {
             if e.position != expected {
                 return Err(SubscribeError::Gap {
                     url: f.url.clone(),
@@ -626,7 +636,7 @@ impl<H: Handler> Subscriber<H> {
                 etag: f.etag.clone(),
             }
         };
-        if new.is_empty() {
+        if events.is_empty() {
             // A document with nothing new was not a long poll held by the producer.
             self.cursor = next_cursor;
             return Ok(Progress::CaughtUp {
@@ -636,12 +646,20 @@ impl<H: Handler> Subscriber<H> {
         }
         if let Cursor::Page(next) = &next_cursor {
             self.status.requests.fetch_add(1, Ordering::Relaxed);
+            let (client, url) = (self.client.clone(), next.clone());
             self.prefetch = Some(Prefetch {
                 url: next.clone(),
-                task: tokio::spawn(raw_get(self.client.clone(), next.clone(), None, None)),
+                task: tokio::spawn(async move {
+                    let raw = raw_get(client, url.clone(), None, None).await?;
+                    // Parsed on a blocking thread: it overlaps with the write of
+                    // the current page even on a single-threaded runtime.
+                    match tokio::task::spawn_blocking(move || read_doc(&url, raw)).await {
+                        Ok(got) => got,
+                        Err(e) => std::panic::resume_unwind(e.into_panic()),
+                    }
+                }),
             });
         }
-        let events: Vec<Event> = new.into_iter().cloned().collect();
         let last = expected - 1;
         let page_url = f.doc.links.this.clone().unwrap_or_else(|| f.url.clone());
         let page_digest = f.doc.archive.then(|| f.digest.clone());
@@ -735,32 +753,24 @@ impl<H: Handler> Subscriber<H> {
             }
             _ => None,
         };
-        let raw = match prefetched {
-            Some(raw) => raw?,
+        let got = match prefetched {
+            Some(got) => got?,
             None => {
                 self.status.requests.fetch_add(1, Ordering::Relaxed);
-                raw_get(
+                let raw = raw_get(
                     self.client.clone(),
                     url.to_owned(),
                     etag.map(str::to_owned),
                     wait,
                 )
-                .await?
+                .await?;
+                read_doc(url, raw)?
             }
         };
-        let (etag, body) = match raw {
-            Raw::NotModified { waited } => return Ok(Answer::NotModified { waited }),
-            Raw::Body { etag, body } => (etag, body),
+        let (etag, digest, doc) = match got {
+            Got::NotModified { waited } => return Ok(Answer::NotModified { waited }),
+            Got::Doc { etag, digest, doc } => (etag, digest, *doc),
         };
-        let digest = hex(&Sha256::digest(&body));
-        let text = std::str::from_utf8(&body).map_err(|e| SubscribeError::Malformed {
-            url: url.to_owned(),
-            reason: format!("not UTF-8: {e}"),
-        })?;
-        let doc = atom::parse_feed(text).map_err(|e| SubscribeError::Malformed {
-            url: url.to_owned(),
-            reason: e.0,
-        })?;
         if let Some(head) = doc.head_position {
             self.status.head.fetch_max(head, Ordering::Relaxed);
         }
@@ -818,8 +828,28 @@ impl<H> Subscriber<H> {
     }
 }
 
-/// Reads a response body, refusing it as soon as it grows past
-/// [`atom::MAX_DOCUMENT_BYTES`] (so a hostile producer cannot exhaust memory).
+/// Reads a response as a feed document (see [`Got`]).
+fn read_doc(url: &str, raw: Raw) -> Result<Got, SubscribeError> {
+    let (etag, body) = match raw {
+        Raw::NotModified { waited } => return Ok(Got::NotModified { waited }),
+        Raw::Body { etag, body } => (etag, body),
+    };
+    let digest = hex(&Sha256::digest(&body));
+    let text = std::str::from_utf8(&body).map_err(|e| SubscribeError::Malformed {
+        url: url.to_owned(),
+        reason: format!("not UTF-8: {e}"),
+    })?;
+    let doc = atom::parse_feed(text).map_err(|e| SubscribeError::Malformed {
+        url: url.to_owned(),
+        reason: e.0,
+    })?;
+    Ok(Got::Doc {
+        etag,
+        digest,
+        doc: Box::new(doc),
+    })
+}
+
 /// One GET of a feed document, up to its body.
 async fn raw_get(
     client: reqwest::Client,
@@ -864,6 +894,8 @@ async fn raw_get(
     Ok(Raw::Body { etag, body })
 }
 
+/// Reads a response body, refusing it as soon as it grows past
+/// [`atom::MAX_DOCUMENT_BYTES`] (so a hostile producer cannot exhaust memory).
 async fn read_limited(
     mut resp: reqwest::Response,
     url: &str,

@@ -67,6 +67,8 @@ struct OriginState {
     counts: Mutex<HashMap<String, Counts>>,
     /// Long polls currently parked.
     waiting: AtomicU64,
+    /// Cache-Control of the head from now on (starts as the configured one).
+    head_cache_control: Mutex<&'static str>,
     /// Version of each item, bumped by commands.
     items: Mutex<HashMap<String, u64>>,
     /// How `/flaky` answers.
@@ -80,6 +82,9 @@ struct OriginState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Flaky {
     Healthy,
+    /// Like `Healthy`, but with `max-age=60`: a version stored now stays fresh
+    /// for the rest of a test.
+    Steady,
     /// 500 with `Cache-Control: no-store`.
     Failing,
     /// Answers after 10 s.
@@ -98,13 +103,14 @@ impl Origin {
     pub(crate) async fn start(config: OriginConfig) -> Origin {
         let (last, _) = watch::channel(config.initial_events);
         let state = Arc::new(OriginState {
-            config,
             last,
+            head_cache_control: Mutex::new(config.head_cache_control),
             counts: Mutex::default(),
             waiting: AtomicU64::new(0),
             items: Mutex::default(),
             flaky: Mutex::new(Flaky::Healthy),
             recovering: Mutex::default(),
+            config,
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
         let addr = listener.local_addr().expect("origin address");
@@ -152,6 +158,12 @@ impl Origin {
     /// Long polls parked at the origin right now.
     pub(crate) fn waiting(&self) -> u64 {
         self.state.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Changes the head's Cache-Control for the answers that follow, so a test
+    /// can make a refreshed copy stay fresh however slow the machine is.
+    pub(crate) fn set_head_cache_control(&self, cc: &'static str) {
+        *self.state.head_cache_control.lock().expect("lock") = cc;
     }
 
     pub(crate) fn set_flaky(&self, mode: Flaky) {
@@ -363,7 +375,7 @@ async fn head(State(state): State<Arc<OriginState>>, headers: HeaderMap) -> Resp
     let (fmt, gzipped) = negotiate(&headers);
     let coding = if gzipped { "gzip" } else { "identity" };
     let fmt_name = if fmt == Fmt::Html { "html" } else { "atom" };
-    let cc = state.config.head_cache_control;
+    let cc = *state.head_cache_control.lock().expect("lock");
     let etag_of = |last: u64| format!("\"h-{last}-{fmt_name}-{coding}\"");
     let mut last = *state.last.borrow();
     let mut applied = None;
@@ -718,7 +730,7 @@ async fn flaky(State(state): State<Arc<OriginState>>) -> Response {
                 .into_response();
         }
         Flaky::Slow => tokio::time::sleep(Duration::from_secs(10)).await,
-        Flaky::Healthy => {}
+        Flaky::Healthy | Flaky::Steady => {}
     }
     state.count("/flaky", |c| c.full += 1);
     let version = state.counts("/flaky").full;
@@ -726,7 +738,12 @@ async fn flaky(State(state): State<Arc<OriginState>>) -> Response {
         [
             (
                 header::CACHE_CONTROL,
-                "max-age=1, stale-while-revalidate=2, stale-if-error=60".to_owned(),
+                if mode == Flaky::Steady {
+                    "max-age=60"
+                } else {
+                    "max-age=1, stale-while-revalidate=2, stale-if-error=60"
+                }
+                .to_owned(),
             ),
             (header::ETAG, format!("\"flaky-{version}\"")),
         ],
