@@ -95,9 +95,10 @@ pub const HTML_CACHE: &str = "max-age=300, stale-while-revalidate=86400";
 pub const NOT_FOUND_CACHE: &str = "max-age=1";
 const VARY: &str = "Accept, Accept-Encoding";
 const VARY_HEAD: &str = "Accept, Accept-Encoding, Prefer";
-/// Bumped whenever the Atom writer's output changes, so position-derived ETags change
-/// with it.
-const RENDER_VERSION: u32 = 2;
+/// Bumped whenever the bytes of a head change for the same position: the Atom
+/// writer's output, or a content coding's level or library (3: heads gzipped at the
+/// fastest level, on zlib-rs), so position-derived strong ETags change with them.
+const RENDER_VERSION: u32 = 3;
 /// The largest request body the feed routes accept (they are GET-only: a body is
 /// never read, and a large one is refused with 413 before anything else).
 pub const MAX_REQUEST_BODY: u64 = 4 * 1024;
@@ -1274,13 +1275,21 @@ fn immutable_cache(w: Want) -> &'static str {
     }
 }
 
-/// Compresses a rendered immutable document and derives its ETag from the bytes
-/// (weak, with the template version, for HTML).
+/// Compresses a rendered immutable document and derives its ETag from the bytes:
+/// for Atom, a strong ETag from the bytes as sent in that coding, so a new
+/// compressor (another level or library) gives new ETags rather than new bytes
+/// under an old strong validator (RFC 9110 section 8.8.1); for HTML, a weak one
+/// from the document and the template version.
 async fn finish(doc: String, w: Want) -> Rendered {
-    let digest = Sha256::digest(doc.as_bytes());
-    let etag: Arc<str> = match w.format {
-        Format::Atom => format!("\"{}.{}\"", hex(&digest[..12]), w.coding.etag_tag()),
-        Format::Html => format!(
+    let html_digest = (w.format == Format::Html).then(|| Sha256::digest(doc.as_bytes()));
+    let body = encode(doc.into_bytes(), w.coding, Effort::Kept).await;
+    let etag: Arc<str> = match html_digest {
+        None => format!(
+            "\"{}.{}\"",
+            hex(&Sha256::digest(&body)[..12]),
+            w.coding.etag_tag()
+        ),
+        Some(digest) => format!(
             "W/\"{}.{}.{}\"",
             hex(&digest[..12]),
             html::version_tag(),
@@ -1288,7 +1297,6 @@ async fn finish(doc: String, w: Want) -> Rendered {
         ),
     }
     .into();
-    let body = encode(doc.into_bytes(), w.coding, Effort::Kept).await;
     Rendered {
         body,
         etag,
