@@ -212,7 +212,9 @@ impl Proxy {
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(60))
+            // The services close idle connections after their header read timeout;
+            // reusing one as it closes would be a 502 for the client.
+            .pool_idle_timeout(feed::server::ServeLimits::default().idle_client_timeout())
             .tcp_nodelay(true)
             .build()?;
         let cache = Cache::builder()

@@ -1448,8 +1448,21 @@ fn hex(bytes: &[u8]) -> String {
 pub struct ServeLimits {
     /// A client must send its whole request head within this time, or the
     /// connection is closed (against slowloris clients that trickle bytes to hold
-    /// connections open).
+    /// connections open). hyper also applies it to a keep-alive connection waiting
+    /// for its next request, so this is the idle time after which the server
+    /// closes a connection: see [`ServeLimits::idle_client_timeout`].
     pub header_read_timeout: Duration,
+}
+
+impl ServeLimits {
+    /// How long a client should keep an idle connection to a server with these
+    /// limits: half the time after which the server closes it. A client that
+    /// reuses a connection just as the server closes it gets a reset instead of
+    /// an answer (RFC 9112 section 9.3.1), so the subscriber and the cache-proxy
+    /// drop idle connections well before that.
+    pub fn idle_client_timeout(&self) -> Duration {
+        self.header_read_timeout / 2
+    }
 }
 
 impl Default for ServeLimits {

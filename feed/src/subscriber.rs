@@ -347,7 +347,8 @@ pub fn http_client() -> reqwest::Client {
     crate::install_crypto();
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
-        .pool_idle_timeout(Duration::from_secs(60))
+        // Feed servers close idle connections after their header read timeout.
+        .pool_idle_timeout(crate::server::ServeLimits::default().idle_client_timeout())
         .user_agent(concat!("feed-subscriber/", env!("CARGO_PKG_VERSION")))
         .build()
         .expect("a client with these static settings always builds")

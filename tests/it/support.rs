@@ -25,6 +25,7 @@ impl System {
         let task = tokio::spawn(retail::run(config, listener, shutdown.clone()));
         feed::install_crypto();
         let client = reqwest::Client::builder()
+            .pool_idle_timeout(feed::server::ServeLimits::default().idle_client_timeout())
             .timeout(Duration::from_secs(30))
             .build()
             .expect("client");
@@ -53,6 +54,7 @@ impl System {
     ) -> Self {
         feed::install_crypto();
         let client = reqwest::Client::builder()
+            .pool_idle_timeout(feed::server::ServeLimits::default().idle_client_timeout())
             .timeout(Duration::from_secs(30))
             .build()
             .expect("client");

@@ -276,6 +276,7 @@ pub(crate) async fn spawn_varnish_at(backend: SocketAddr, test: &str) -> Option<
 pub(crate) fn client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
+        .pool_idle_timeout(feed::server::ServeLimits::default().idle_client_timeout())
         .no_gzip()
         .no_proxy()
         .timeout(Duration::from_secs(30))

@@ -102,6 +102,7 @@ pub(crate) async fn append_n(log: &EventLog, n: u64, per_tx: u64) {
 pub(crate) fn client() -> reqwest::Client {
     feed::install_crypto();
     reqwest::Client::builder()
+        .pool_idle_timeout(feed::server::ServeLimits::default().idle_client_timeout())
         .no_gzip()
         .build()
         .expect("client")

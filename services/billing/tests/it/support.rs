@@ -122,6 +122,7 @@ impl System {
         let billing = Running::start(0, |l, s| billing::run(config, l, s)).await;
         Self {
             http: reqwest::Client::builder()
+                .pool_idle_timeout(feed::server::ServeLimits::default().idle_client_timeout())
                 .timeout(PATIENCE)
                 .build()
                 .expect("client"),

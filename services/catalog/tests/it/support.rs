@@ -56,6 +56,7 @@ impl TestCatalog {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(catalog::run(config, listener, shutdown.clone()));
         let client = reqwest::Client::builder()
+            .pool_idle_timeout(feed::server::ServeLimits::default().idle_client_timeout())
             .timeout(Duration::from_secs(10))
             .build()
             .expect("client");

@@ -148,6 +148,7 @@ impl System {
         adjust(&mut config);
         let sales = start_sales(config, 0).await;
         let http = reqwest::Client::builder()
+            .pool_idle_timeout(feed::server::ServeLimits::default().idle_client_timeout())
             .timeout(PATIENCE)
             .build()
             .expect("client");
