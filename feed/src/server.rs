@@ -1381,7 +1381,6 @@ fn document(
     r
 }
 
-/// Compresses `raw` for `coding`, off the async threads when it is big.
 /// How hard [`compress`] works on a document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Effort {
@@ -1395,6 +1394,7 @@ pub enum Effort {
     Brief,
 }
 
+/// Compresses `raw` for `coding`, off the async threads when it is big.
 async fn encode(raw: Vec<u8>, coding: Coding, effort: Effort) -> Bytes {
     if coding == Coding::Identity {
         return Bytes::from(raw);
