@@ -4,7 +4,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 
 use crate::cache_control::CacheControl;
 use crate::error::ProxyError;
@@ -37,11 +37,12 @@ pub(crate) struct Entry {
 impl Entry {
     pub(crate) fn new(
         status: StatusCode,
-        mut headers: HeaderMap,
+        headers: HeaderMap,
         body: Bytes,
         ages: &AgeInputs,
         keep: Duration,
     ) -> Entry {
+        let mut headers = owned(headers);
         headers.remove(header::AGE);
         let cc = CacheControl::from_values(headers.get_all(header::CACHE_CONTROL));
         let freshness =
@@ -145,6 +146,28 @@ impl Entry {
         let total = self.body.len() + headers + key.weight() + std::mem::size_of::<Self>();
         u32::try_from(total).unwrap_or(u32::MAX)
     }
+}
+
+/// `headers` with every value in an allocation of its own.
+///
+/// hyper parses a response's field values as slices of the connection's read
+/// buffer, which also holds the start of the body. A stored value would keep
+/// that whole buffer (up to the body's size) alive for as long as the entry
+/// lives: about twice the memory the weigher counts.
+fn owned(headers: HeaderMap) -> HeaderMap {
+    let mut copy = HeaderMap::with_capacity(headers.len());
+    let mut name = None;
+    for (next, value) in headers {
+        if next.is_some() {
+            name = next;
+        }
+        let Some(name) = &name else { continue };
+        let mut own = HeaderValue::from_maybe_shared(Bytes::copy_from_slice(value.as_bytes()))
+            .unwrap_or_else(|_| value.clone());
+        own.set_sensitive(value.is_sensitive());
+        copy.append(name.clone(), own);
+    }
+    copy
 }
 
 /// RFC 9111 section 3.2: every field of a 304 replaces the stored one, except
@@ -273,6 +296,40 @@ mod tests {
             Duration::from_secs(600),
         );
         (entry, t0)
+    }
+
+    #[test]
+    fn a_stored_entry_keeps_no_slice_of_the_buffer_its_fields_were_parsed_from() {
+        // As hyper does: the field values are slices of one read buffer that
+        // also holds the start of the body.
+        let buffer = Bytes::from(vec![b'a'; 256 * 1024]);
+        let mut parsed = HeaderMap::new();
+        for (name, range) in [("etag", 0..8), ("x-note", 8..16), ("x-note", 16..24)] {
+            let value = HeaderValue::from_maybe_shared(buffer.slice(range)).expect("value");
+            parsed.append(HeaderName::from_static(name), value);
+        }
+        let mut secret = HeaderValue::from_maybe_shared(buffer.slice(24..32)).expect("value");
+        secret.set_sensitive(true);
+        parsed.append(header::WWW_AUTHENTICATE, secret);
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let entry = Entry::new(
+            StatusCode::OK,
+            parsed,
+            Bytes::new(),
+            &ages(t0),
+            Duration::from_secs(600),
+        );
+        let inside = buffer.as_ptr_range();
+        assert_eq!(entry.headers.len(), 4);
+        assert_eq!(entry.headers.get_all("x-note").iter().count(), 2);
+        assert!(entry.headers[header::WWW_AUTHENTICATE].is_sensitive());
+        for (name, value) in &entry.headers {
+            assert_eq!(value.as_bytes(), b"aaaaaaaa", "{name}");
+            assert!(
+                !inside.contains(&value.as_bytes().as_ptr()),
+                "{name} still points into the parse buffer"
+            );
+        }
     }
 
     #[test]
