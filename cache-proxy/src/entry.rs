@@ -1,6 +1,7 @@
 //! A stored response and the moka policy (weigher, per-entry expiry) around it.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -32,6 +33,8 @@ pub(crate) struct Entry {
     pub(crate) retention: Duration,
     /// The last upstream failure while revalidating this entry.
     last_failure: Mutex<Option<(SystemTime, ProxyError)>>,
+    /// A revalidation of this entry has stored its outcome.
+    superseded: AtomicBool,
 }
 
 impl Entry {
@@ -63,6 +66,7 @@ impl Entry {
             response_time: ages.response_time,
             retention,
             last_failure: Mutex::new(None),
+            superseded: AtomicBool::new(false),
         }
     }
 
@@ -120,6 +124,17 @@ impl Entry {
 
     pub(crate) fn stale_if_error_allows(&self, now: SystemTime) -> bool {
         rules::stale_if_error_allows(&self.freshness, self.age(now))
+    }
+
+    /// Says that a revalidation of this entry has stored its outcome: a request
+    /// that looked this entry up before then should look again, not revalidate it
+    /// once more.
+    pub(crate) fn supersede(&self) {
+        self.superseded.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn superseded(&self) -> bool {
+        self.superseded.load(Ordering::Acquire)
     }
 
     pub(crate) fn record_failure(&self, now: SystemTime, err: ProxyError) {

@@ -445,13 +445,8 @@ impl Proxy {
             None => {
                 // A fill stored the entry between our lookup and now; use it
                 // if it may be used as is, otherwise fetch anew.
-                let now = SystemTime::now();
-                if let Some(entry) = cache.get(&key).await
-                    && entry.reuse(now) == Reuse::Fresh
-                {
-                    self.inner.metrics.hits.inc();
-                    let ttl = rules::ttl_seconds(&entry.freshness, entry.age(now));
-                    return Ok(answer(&entry, parts, CacheStatus::hit(ttl), now));
+                if let Ok(hit) = self.stored_since(&key, parts).await {
+                    return Ok(hit);
                 }
                 self.fill_ticket(&key, &url, None, || false)
                     .ok_or_else(|| ProxyError::Internal("a fill was skipped twice".to_owned()))?
@@ -481,6 +476,24 @@ impl Proxy {
         }
     }
 
+    /// What a fill stored for `key` after this request looked: a hit if it may be
+    /// used as it is, otherwise the stored entry (if any) to go on with.
+    async fn stored_since(
+        &self,
+        key: &CacheKey,
+        parts: &Parts,
+    ) -> Result<Response, Option<Arc<Entry>>> {
+        let now = SystemTime::now();
+        match self.inner.cache.get(key).await {
+            Some(entry) if entry.reuse(now) == Reuse::Fresh => {
+                self.inner.metrics.hits.inc();
+                let ttl = rules::ttl_seconds(&entry.freshness, entry.age(now));
+                Ok(answer(&entry, parts, CacheStatus::hit(ttl), now))
+            }
+            other => Err(other),
+        }
+    }
+
     /// A stale entry (or one the client wants validated): one revalidation per
     /// key; a waiter whose copy stale-if-error covers gives up after
     /// `--stale-timeout` and serves the copy.
@@ -502,9 +515,18 @@ impl Proxy {
                 Err(err)
             };
         }
-        let ticket = self
-            .fill_ticket(&key, &url, Some(&entry), || false)
-            .ok_or_else(|| ProxyError::Internal("a revalidation was skipped".to_owned()))?;
+        let ticket = match self.fill_ticket(&key, &url, Some(&entry), || entry.superseded()) {
+            Some(ticket) => ticket,
+            None => {
+                // A revalidation of this copy ended between our lookup and now.
+                let seen = match self.stored_since(&key, parts).await {
+                    Ok(hit) => return Ok(hit),
+                    Err(current) => current.unwrap_or_else(|| entry.clone()),
+                };
+                self.fill_ticket(&key, &url, Some(&seen), || false)
+                    .ok_or_else(|| ProxyError::Internal("a revalidation was skipped".to_owned()))?
+            }
+        };
         let started = ticket.started;
         let limit = if stale_ok {
             cfg.stale_timeout
@@ -631,6 +653,10 @@ impl Proxy {
                 return Filled::Failed(err);
             }
         };
+        // A revalidation that got an answer replaces (or removes) the copy it
+        // started from once it has stored its outcome (when this is dropped);
+        // requests still holding that copy look in the cache again.
+        let _supersede = seen.clone().map(Supersede);
         match fetched {
             Fetched::NotModified(headers, ages) => {
                 let Some(seen) = seen else {
@@ -1230,6 +1256,15 @@ fn take<T: Default>(slot: &Mutex<T>) -> T {
     slot.lock()
         .map(|mut guard| std::mem::take(&mut *guard))
         .unwrap_or_default()
+}
+
+/// Marks a revalidated entry as superseded when dropped.
+struct Supersede(Arc<Entry>);
+
+impl Drop for Supersede {
+    fn drop(&mut self) {
+        self.0.supersede();
+    }
 }
 
 #[cfg(test)]
