@@ -296,6 +296,15 @@ pub const MAX_DOCUMENT_BYTES: usize = 64 * 1024 * 1024;
 /// `ev:headPosition` is its newest entry's position: a head claiming more than it
 /// holds would make a subscriber skip events.
 pub fn parse_feed(xml: &str) -> Result<ParsedFeed, AtomError> {
+    parse_feed_after(xml, 0)
+}
+
+/// [`parse_feed`] for a reader that has applied every position up to `after`: the
+/// entries at or below it are left out of [`ParsedFeed::entries`] without being
+/// decoded (only their `ev:position` is read, so the head check still sees them).
+/// This is what a caught-up subscriber wants of a head that holds one new entry
+/// among a page of old ones.
+pub fn parse_feed_after(xml: &str, after: Position) -> Result<ParsedFeed, AtomError> {
     if xml.len() > MAX_DOCUMENT_BYTES {
         return err("document too large");
     }
@@ -312,6 +321,7 @@ pub fn parse_feed(xml: &str) -> Result<ParsedFeed, AtomError> {
         entries: Vec::new(),
     };
     let (mut id, mut title, mut updated) = (false, false, false);
+    let mut newest_skipped = 0;
     for child in root.children().filter(|n| n.is_element()) {
         match (child.tag_name().namespace(), child.tag_name().name()) {
             (Some(ATOM_NS), "id") => id = !text_of(child).trim().is_empty(),
@@ -326,7 +336,10 @@ pub fn parse_feed(xml: &str) -> Result<ParsedFeed, AtomError> {
                 feed.prev_archive_digest = Some(text_of(child).trim().to_owned());
             }
             (Some(ATOM_NS), "link") => read_link(child, &mut feed.links),
-            (Some(ATOM_NS), "entry") => feed.entries.push(read_entry(child)?),
+            (Some(ATOM_NS), "entry") => match entry_position(child) {
+                Some(p) if (1..=after).contains(&p) => newest_skipped = newest_skipped.max(p),
+                _ => feed.entries.push(read_entry(child)?),
+            },
             (Some(FH_NS), "archive") => feed.archive = true,
             (Some(EV_NS), "headPosition") => {
                 feed.head_position = Some(parse_num(child, "ev:headPosition")?);
@@ -344,12 +357,16 @@ pub fn parse_feed(xml: &str) -> Result<ParsedFeed, AtomError> {
         }
     }
     feed.entries.sort_by_key(|e| e.position);
-    if let (Some(head), Some(newest)) = (feed.head_position, feed.entries.last())
-        && newest.position != head
+    let newest = feed
+        .entries
+        .last()
+        .map_or(newest_skipped, |e| e.position.max(newest_skipped));
+    if let Some(head) = feed.head_position
+        && newest != 0
+        && newest != head
     {
         return err(format!(
-            "the head says the log ends at position {head}, but its newest entry is {}",
-            newest.position
+            "the head says the log ends at position {head}, but its newest entry is {newest}"
         ));
     }
     Ok(feed)
@@ -408,6 +425,13 @@ fn parse_num(node: roxmltree::Node<'_, '_>, what: &str) -> Result<u64, AtomError
 
 fn truncate(s: &str) -> String {
     s.chars().take(40).collect()
+}
+
+/// An entry's `ev:position`, if it has one that reads as a number.
+fn entry_position(node: roxmltree::Node<'_, '_>) -> Option<Position> {
+    node.children()
+        .find(|c| is(*c, EV_NS, "position"))
+        .and_then(|c| parse_num(c, "ev:position").ok())
 }
 
 fn read_entry(node: roxmltree::Node<'_, '_>) -> Result<Event, AtomError> {

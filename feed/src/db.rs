@@ -8,11 +8,14 @@
 
 use std::borrow::Cow;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Executor};
+use tokio::sync::Notify;
 
 /// Which database engine sits behind a pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +67,43 @@ pub struct Database {
     pool: AnyPool,
     backend: Backend,
     url: String,
+    commits: Arc<LocalCommits>,
+}
+
+/// How a log hears that an append made through this pool has committed, so its
+/// long polls wake at once instead of at the next SQLite change check.
+///
+/// sqlx returns a connection to the pool right after its transaction ends. An
+/// append sets `expected`; while it is set, each return wakes the log's change
+/// watcher, which clears it once it has seen the change (or on its next timed check,
+/// so a rolled-back append does not keep waking it).
+#[derive(Debug, Default)]
+pub(crate) struct LocalCommits {
+    expected: AtomicBool,
+    returned: Notify,
+}
+
+impl LocalCommits {
+    /// An append is in a transaction that will end soon.
+    pub(crate) fn expect(&self) {
+        self.expected.store(true, Ordering::Release);
+    }
+
+    /// The watcher has seen the change, or gives up waiting for it.
+    pub(crate) fn settle(&self) {
+        self.expected.store(false, Ordering::Release);
+    }
+
+    /// Resolves when a connection comes back to the pool while an append is expected.
+    pub(crate) async fn returned(&self) {
+        self.returned.notified().await;
+    }
+
+    fn connection_returned(&self) {
+        if self.expected.load(Ordering::Acquire) {
+            self.returned.notify_one();
+        }
+    }
 }
 
 /// Turns what a user typed into a URL sqlx accepts: a bare path means a SQLite file,
@@ -109,7 +149,15 @@ impl Database {
         let url = normalize_url(url);
         let backend = Backend::of_url(&url)?;
         let options = AnyConnectOptions::from_str(&url).map_err(DbError::Connect)?;
+        let commits = Arc::new(LocalCommits::default());
         let mut pool = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
+        if backend == Backend::Sqlite {
+            let commits = commits.clone();
+            pool = pool.after_release(move |_conn, _meta| {
+                commits.connection_returned();
+                Box::pin(async { Ok(true) })
+            });
+        }
         if url.contains(":memory:") {
             // Every connection to :memory: is a separate database: keep exactly one.
             pool = pool
@@ -132,7 +180,16 @@ impl Database {
             pool = pool.max_connections(16);
         }
         let pool = pool.connect_with(options).await.map_err(DbError::Connect)?;
-        Ok(Self { pool, backend, url })
+        Ok(Self {
+            pool,
+            backend,
+            url,
+            commits,
+        })
+    }
+
+    pub(crate) fn commits(&self) -> &Arc<LocalCommits> {
+        &self.commits
     }
 
     /// The sqlx pool.

@@ -25,7 +25,10 @@
 //! listeners hear of an append exactly when it commits. SQLite has no notifications,
 //! so while someone is waiting a background task asks `PRAGMA data_version` (which
 //! changes when any other connection commits, from this process or another) every
-//! couple of milliseconds; nobody waiting, nothing runs. A `:memory:` database has
+//! couple of milliseconds; nobody waiting, nothing runs. An append made through the
+//! log's own pool wakes that task as soon as its connection comes back to the pool,
+//! which sqlx does right after the transaction ends, so a process's own appends reach
+//! its long polls without waiting for the next check. A `:memory:` database has
 //! a single connection and no other process, so there the task reads the head
 //! through the log's own pool instead.
 
@@ -40,7 +43,7 @@ use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
 use crate::atom::format_time;
-use crate::db::{Backend, Database, DbError, FEED_MIGRATIONS};
+use crate::db::{Backend, Database, DbError, FEED_MIGRATIONS, LocalCommits};
 use crate::event::{Event, EventType, NewEvent, Position, StreamId};
 use crate::page::{PageLayout, Segment};
 
@@ -255,6 +258,7 @@ impl EventLog {
         }
         insert_rows(tx, &rows).await?;
         self.finish_append(tx, head).await?;
+        self.db.commits().expect();
         Ok(positions)
     }
 
@@ -554,7 +558,7 @@ impl EventLog {
                 tokio::spawn(watch_sqlite_memory(self.db.clone(), changes));
             }
             Backend::Sqlite => {
-                tokio::spawn(watch_sqlite(url, changes));
+                tokio::spawn(watch_sqlite(url, changes, self.db.commits().clone()));
             }
         }
     }
@@ -617,9 +621,13 @@ async fn read_head_with(url: &str) -> Result<Position, sqlx::Error> {
     Ok(p as Position)
 }
 
-async fn watch_sqlite(url: String, changes: std::sync::Weak<Changes>) {
+/// The change watcher of a SQLite file, on a connection of its own: every
+/// [`SQLITE_CHANGE_CHECK`], and at once when a connection of this process's pool comes
+/// back after an append (see [`LocalCommits`]).
+async fn watch_sqlite(url: String, changes: std::sync::Weak<Changes>, commits: Arc<LocalCommits>) {
     let mut conn: Option<AnyConnection> = None;
     let mut last_version: Option<i64> = None;
+    let mut timed = true;
     loop {
         let Some(c) = changes.upgrade() else { return };
         if c.head.receiver_count() == 0 {
@@ -635,25 +643,31 @@ async fn watch_sqlite(url: String, changes: std::sync::Weak<Changes>) {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let checked: Result<(), sqlx::Error> = async {
+        let checked: Result<bool, sqlx::Error> = async {
             let version: i64 = sqlx::query_scalar("PRAGMA data_version")
                 .fetch_one(&mut *db)
                 .await?;
-            if last_version != Some(version) {
-                last_version = Some(version);
-                let p: i64 = sqlx::query_scalar("SELECT position FROM feed_head WHERE id = 1")
-                    .fetch_one(&mut *db)
-                    .await?;
-                c.head.send_if_modified(|h| bump(h, p as Position));
+            if last_version == Some(version) {
+                return Ok(false);
             }
-            Ok(())
+            last_version = Some(version);
+            let p: i64 = sqlx::query_scalar("SELECT position FROM feed_head WHERE id = 1")
+                .fetch_one(&mut *db)
+                .await?;
+            Ok(c.head.send_if_modified(|h| bump(h, p as Position)))
         }
         .await;
-        if checked.is_err() {
-            conn = None;
+        match checked {
+            // A connection came back before the append's commit: keep listening.
+            Ok(false) if !timed => {}
+            Ok(_) => commits.settle(),
+            Err(_) => conn = None,
         }
         drop(c);
-        tokio::time::sleep(SQLITE_CHANGE_CHECK).await;
+        timed = tokio::select! {
+            () = tokio::time::sleep(SQLITE_CHANGE_CHECK) => true,
+            () = commits.returned() => false,
+        };
     }
 }
 
@@ -662,14 +676,19 @@ const MEMORY_CHANGE_CHECK: Duration = Duration::from_millis(10);
 
 /// The change watcher of a `:memory:` log: its only connection is the pool's, and
 /// nothing outside this process can write to it, so reading the head through the pool
-/// sees every append.
+/// sees every append. The pool's one connection comes back only when the append's
+/// transaction has ended, so the first return after an append is its commit.
 async fn watch_sqlite_memory(db: Database, changes: std::sync::Weak<Changes>) {
+    let commits = db.commits().clone();
     loop {
         let Some(c) = changes.upgrade() else { return };
         if c.head.receiver_count() == 0 {
             let _ = tokio::time::timeout(Duration::from_secs(1), c.waiter_arrived.notified()).await;
             continue;
         }
+        // Settled before the read, whose own return of the connection must not wake
+        // this loop again.
+        commits.settle();
         let head: Result<i64, sqlx::Error> =
             sqlx::query_scalar("SELECT position FROM feed_head WHERE id = 1")
                 .fetch_one(db.pool())
@@ -678,7 +697,10 @@ async fn watch_sqlite_memory(db: Database, changes: std::sync::Weak<Changes>) {
             c.head.send_if_modified(|h| bump(h, p as Position));
         }
         drop(c);
-        tokio::time::sleep(MEMORY_CHANGE_CHECK).await;
+        tokio::select! {
+            () = tokio::time::sleep(MEMORY_CHANGE_CHECK) => {}
+            () = commits.returned() => {}
+        }
     }
 }
 

@@ -505,7 +505,7 @@ impl<H: Handler> Subscriber<H> {
                     .is_some()
                     .then_some(self.config.long_poll)
                     .filter(|w| !w.is_zero());
-                match self.fetch(&url, etag.as_deref(), wait).await? {
+                match self.fetch(&url, etag.as_deref(), wait, cp.position).await? {
                     Answer::NotModified { waited } => {
                         return Ok(Progress::CaughtUp {
                             position: cp.position,
@@ -654,7 +654,7 @@ impl<H: Handler> Subscriber<H> {
                     let raw = raw_get(client, url.clone(), None, None).await?;
                     // Parsed on a blocking thread: it overlaps with the write of
                     // the current page even on a single-threaded runtime.
-                    match tokio::task::spawn_blocking(move || read_doc(&url, raw)).await {
+                    match tokio::task::spawn_blocking(move || read_doc(&url, raw, 0)).await {
                         Ok(got) => got,
                         Err(e) => std::panic::resume_unwind(e.into_panic()),
                     }
@@ -731,7 +731,7 @@ impl<H: Handler> Subscriber<H> {
     }
 
     async fn fetch_doc(&mut self, url: &str) -> Result<Fetched, SubscribeError> {
-        match self.fetch(url, None, None).await? {
+        match self.fetch(url, None, None, 0).await? {
             Answer::Doc(f) => Ok(*f),
             Answer::NotModified { .. } => Err(SubscribeError::Malformed {
                 url: url.to_owned(),
@@ -745,6 +745,7 @@ impl<H: Handler> Subscriber<H> {
         url: &str,
         etag: Option<&str>,
         wait: Option<Duration>,
+        applied: Position,
     ) -> Result<Answer, SubscribeError> {
         // The next page, if it was requested ahead; a prefetch whose task did not
         // finish (it panicked) is simply requested again.
@@ -765,7 +766,7 @@ impl<H: Handler> Subscriber<H> {
                     wait,
                 )
                 .await?;
-                read_doc(url, raw)?
+                read_doc(url, raw, applied)?
             }
         };
         let (etag, digest, doc) = match got {
@@ -829,8 +830,9 @@ impl<H> Subscriber<H> {
     }
 }
 
-/// Reads a response as a feed document (see [`Got`]).
-fn read_doc(url: &str, raw: Raw) -> Result<Got, SubscribeError> {
+/// Reads a response as a feed document (see [`Got`]), leaving out the entries up to
+/// `applied` (see [`atom::parse_feed_after`]).
+fn read_doc(url: &str, raw: Raw, applied: Position) -> Result<Got, SubscribeError> {
     let (etag, body) = match raw {
         Raw::NotModified { waited } => return Ok(Got::NotModified { waited }),
         Raw::Body { etag, body } => (etag, body),
@@ -840,7 +842,7 @@ fn read_doc(url: &str, raw: Raw) -> Result<Got, SubscribeError> {
         url: url.to_owned(),
         reason: format!("not UTF-8: {e}"),
     })?;
-    let doc = atom::parse_feed(text).map_err(|e| SubscribeError::Malformed {
+    let doc = atom::parse_feed_after(text, applied).map_err(|e| SubscribeError::Malformed {
         url: url.to_owned(),
         reason: e.0,
     })?;

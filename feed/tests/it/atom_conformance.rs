@@ -578,3 +578,33 @@ fn the_atom_reader_refuses_what_it_cannot_rely_on() {
     );
     assert!(atom::parse_feed(&deep).is_err());
 }
+
+#[test]
+fn a_reader_that_applied_some_positions_gets_only_the_newer_entries_and_the_same_checks() {
+    let valid = valid_head();
+    let all = atom::parse_feed(&valid).expect("the seed is valid");
+    let newer = atom::parse_feed_after(&valid, 1).expect("valid");
+    assert_eq!(newer.entries, all.entries[1..]);
+    assert_eq!(newer.head_position, Some(2));
+    assert_eq!(newer.links, all.links);
+    let none_new = atom::parse_feed_after(&valid, 2).expect("valid");
+    assert!(none_new.entries.is_empty());
+    assert_eq!(none_new.head_position, Some(2));
+    // An entry already applied is not decoded again...
+    let old_broken = valid.replacen("<ev:stream>order-1</ev:stream>", "", 1);
+    assert!(atom::parse_feed(&old_broken).is_err());
+    assert_eq!(
+        atom::parse_feed_after(&old_broken, 1)
+            .expect("valid")
+            .entries
+            .len(),
+        1
+    );
+    // ...but the head must still name its newest entry, and a newer entry must be whole.
+    let lying = valid.replace("<ev:headPosition>2<", "<ev:headPosition>9<");
+    let err = atom::parse_feed_after(&lying, 2).expect_err("a head past its entries");
+    assert!(err.to_string().contains("ends at position 9"), "{err}");
+    let new_broken = valid.replacen("<ev:stream>order-2</ev:stream>", "", 1);
+    let err = atom::parse_feed_after(&new_broken, 1).expect_err("an entry without ev:stream");
+    assert!(err.to_string().contains("ev:stream"), "{err}");
+}
