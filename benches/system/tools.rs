@@ -69,7 +69,7 @@ pub(crate) fn wrk(
     })
 }
 
-/// A process killed when dropped.
+/// A process stopped when dropped.
 #[derive(Debug)]
 pub(crate) struct Daemon {
     child: Child,
@@ -79,6 +79,19 @@ pub(crate) struct Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // SIGTERM first: a master process (nginx, varnishd's manager) stops its
+        // workers on it, where SIGKILL would leave them running without it.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
