@@ -360,7 +360,8 @@ pub fn parse_feed_after(xml: &str, after: Position) -> Result<ParsedFeed, AtomEr
     let newest = feed
         .entries
         .last()
-        .map_or(newest_skipped, |e| e.position.max(newest_skipped));
+        .map_or(0, |e| e.position)
+        .max(newest_skipped);
     if let Some(head) = feed.head_position
         && newest != 0
         && newest != head
