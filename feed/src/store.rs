@@ -193,8 +193,6 @@ impl EventLog {
                 )));
             }
         }
-        let mut head = lock_head(tx).await?;
-
         let ids: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
         let streams: Vec<&str> = {
             let mut seen = HashSet::new();
@@ -204,9 +202,8 @@ impl EventLog {
                 .filter(|s| seen.insert(*s))
                 .collect()
         };
-        // One round trip for both while the head is locked (each one holds up
-        // every other writer), except for batches too large for one statement.
-        let (existing, mut versions) = existing_and_versions(tx, &ids, &streams).await?;
+        let (mut head, existing, mut versions) =
+            lock_and_look_up(tx, self.db.backend(), &ids, &streams).await?;
         if existing.len() == events.len() {
             return Ok(ids.iter().map(|id| existing[id]).collect());
         }
@@ -256,8 +253,7 @@ impl EventLog {
                 metadata: e.metadata.to_string(),
             });
         }
-        insert_rows(tx, &rows).await?;
-        self.finish_append(tx, head).await?;
+        self.write_rows(tx, &rows, head).await?;
         self.db.commits().expect();
         Ok(positions)
     }
@@ -299,35 +295,52 @@ impl EventLog {
             });
         }
         if !rows.is_empty() {
-            insert_rows(tx, &rows).await?;
-            self.finish_append(tx, head).await?;
+            self.write_rows(tx, &rows, head).await?;
         }
         Ok(())
     }
 
-    async fn finish_append(
+    /// Inserts `rows` and moves the head to `head`. On PostgreSQL the last chunk of
+    /// rows, the head update and the NOTIFY (delivered to listeners when, and only
+    /// if, the transaction commits) are one statement: one round trip under the lock.
+    async fn write_rows(
         &self,
         tx: &mut AnyConnection,
+        rows: &[Row8],
         head: Position,
     ) -> Result<(), sqlx::Error> {
-        if self.db.backend() == Backend::Postgres {
-            // The notification is delivered to listeners when (and only if) the
-            // transaction commits; one statement, so one round trip under the lock.
-            sqlx::query(
-                "WITH n AS (SELECT pg_notify($2, $3)) \
-                 UPDATE feed_head SET position = $1 FROM n WHERE id = 1",
+        let postgres = self.db.backend() == Backend::Postgres;
+        let mut chunks = rows.chunks(INSERT_CHUNK).peekable();
+        while let Some(chunk) = chunks.next() {
+            if postgres && chunks.peek().is_none() {
+                let n = chunk.len() * 8;
+                let sql = format!(
+                    "WITH ins AS ({}), n AS (SELECT pg_notify(${}, ${})) \
+                     UPDATE feed_head SET position = ${} FROM n WHERE id = 1",
+                    insert_sql(chunk.len()),
+                    n + 1,
+                    n + 2,
+                    n + 3
+                );
+                bind_rows(sqlx::query(sqlx::AssertSqlSafe(sql)), chunk)
+                    .bind(NOTIFY_CHANNEL)
+                    .bind(head.to_string())
+                    .bind(head as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                return Ok(());
+            }
+            bind_rows(
+                sqlx::query(sqlx::AssertSqlSafe(insert_sql(chunk.len()))),
+                chunk,
             )
-            .bind(head as i64)
-            .bind(NOTIFY_CHANNEL)
-            .bind(head.to_string())
             .execute(&mut *tx)
             .await?;
-        } else {
-            sqlx::query("UPDATE feed_head SET position = $1 WHERE id = 1")
-                .bind(head as i64)
-                .execute(&mut *tx)
-                .await?;
         }
+        sqlx::query("UPDATE feed_head SET position = $1 WHERE id = 1")
+            .bind(head as i64)
+            .execute(&mut *tx)
+            .await?;
         Ok(())
     }
 
@@ -756,6 +769,50 @@ async fn lock_head(tx: &mut AnyConnection) -> Result<Position, sqlx::Error> {
     Ok(p as Position)
 }
 
+/// Takes the append lock, then reads the positions of the ids already in the log
+/// and the current version of each stream: the head, the stored ids and the stream
+/// versions, as of holding the lock.
+///
+/// On PostgreSQL one statement does both, which saves a round trip while every other
+/// writer waits. Its reads see the snapshot taken when the statement started, which
+/// may be older than the moment it got the lock; but every append moves the head, so
+/// when the head the lock returned equals the head in that snapshot, no append
+/// committed in between and the reads are current. Otherwise they are read again, now
+/// under the lock.
+async fn lock_and_look_up<'a>(
+    tx: &mut AnyConnection,
+    backend: Backend,
+    ids: &[String],
+    streams: &[&'a str],
+) -> Result<(Position, HashMap<String, Position>, HashMap<&'a str, u64>), sqlx::Error> {
+    if backend == Backend::Postgres && ids.len() + streams.len() <= 500 {
+        let sql = format!(
+            "WITH locked AS (UPDATE feed_head SET position = position WHERE id = 1 RETURNING position) \
+             {} \
+             UNION ALL SELECT CAST(2 AS BIGINT), '', position FROM locked \
+             UNION ALL SELECT CAST(3 AS BIGINT), '', position FROM feed_head WHERE id = 1",
+            look_up_sql(ids.len(), streams.len())
+        );
+        let rows = bind_look_up(sqlx::query(sqlx::AssertSqlSafe(sql)), ids, streams)
+            .fetch_all(&mut *tx)
+            .await?;
+        let (existing, versions, heads) = read_look_up(&rows, streams)?;
+        match heads {
+            (Some(locked), Some(seen)) if locked == seen => {
+                return Ok((locked, existing, versions));
+            }
+            (Some(locked), _) => {
+                let (existing, versions) = existing_and_versions(tx, ids, streams).await?;
+                return Ok((locked, existing, versions));
+            }
+            (None, _) => return Err(sqlx::Error::RowNotFound),
+        }
+    }
+    let head = lock_head(tx).await?;
+    let (existing, versions) = existing_and_versions(tx, ids, streams).await?;
+    Ok((head, existing, versions))
+}
+
 /// The positions of the ids already in the log and the current version of each
 /// stream, in one query when the batch fits in one statement.
 async fn existing_and_versions<'a>(
@@ -768,33 +825,69 @@ async fn existing_and_versions<'a>(
         let versions = stream_versions(tx, streams).await?;
         return Ok((existing, versions));
     }
-    let sql = format!(
+    let rows = bind_look_up(
+        sqlx::query(sqlx::AssertSqlSafe(look_up_sql(ids.len(), streams.len()))),
+        ids,
+        streams,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let (existing, versions, _) = read_look_up(&rows, streams)?;
+    Ok((existing, versions))
+}
+
+type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// Rows of kind 0 (id, position) for the stored ids and of kind 1 (stream, version)
+/// for the streams; the ids bind to `$1..`, the streams after them.
+fn look_up_sql(ids: usize, streams: usize) -> String {
+    format!(
         "SELECT CAST(0 AS BIGINT), id, position FROM feed_events WHERE id IN ({}) \
          UNION ALL \
          SELECT CAST(1 AS BIGINT), stream, MAX(stream_version) FROM feed_events \
          WHERE stream IN ({}) GROUP BY stream",
-        placeholders(1, ids.len()),
-        placeholders(ids.len() + 1, streams.len())
-    );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        placeholders(1, ids),
+        placeholders(ids + 1, streams)
+    )
+}
+
+fn bind_look_up<'q>(mut q: Query<'q>, ids: &'q [String], streams: &[&'q str]) -> Query<'q> {
     for id in ids {
         q = q.bind(id.as_str());
     }
     for s in streams {
         q = q.bind(*s);
     }
-    let (mut existing, mut versions) = (HashMap::new(), HashMap::new());
-    for row in q.fetch_all(&mut *tx).await? {
+    q
+}
+
+type LookedUp<'a> = (
+    HashMap<String, Position>,
+    HashMap<&'a str, u64>,
+    (Option<Position>, Option<Position>),
+);
+
+/// Sorts the rows of a look-up by kind; kinds 2 and 3 are the locked and the seen head.
+fn read_look_up<'a>(rows: &[AnyRow], streams: &[&'a str]) -> Result<LookedUp<'a>, sqlx::Error> {
+    let (mut existing, mut versions, mut heads) = (HashMap::new(), HashMap::new(), (None, None));
+    for row in rows {
         let kind: i64 = row.try_get(0)?;
         let name: String = row.try_get(1)?;
         let n: i64 = row.try_get(2)?;
-        if kind == 0 {
-            existing.insert(name, n as Position);
-        } else if let Some(key) = streams.iter().find(|k| **k == name) {
-            versions.insert(*key, n as u64);
+        match kind {
+            0 => {
+                existing.insert(name, n as Position);
+            }
+            1 => {
+                if let Some(key) = streams.iter().find(|k| **k == name) {
+                    versions.insert(*key, n as u64);
+                }
+            }
+            2 => heads.0 = Some(n as Position),
+            _ => heads.1 = Some(n as Position),
         }
     }
-    Ok((existing, versions))
+    Ok((existing, versions, heads))
 }
 
 async fn existing_ids(
@@ -856,30 +949,30 @@ struct Row8 {
     metadata: String,
 }
 
-async fn insert_rows(tx: &mut AnyConnection, rows: &[Row8]) -> Result<(), sqlx::Error> {
-    for chunk in rows.chunks(INSERT_CHUNK) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|i| format!("({})", placeholders(i * 8 + 1, 8)))
-            .collect();
-        let sql = format!(
-            "INSERT INTO feed_events (position, id, stream, stream_version, type, occurred_at, data, metadata) VALUES {}",
-            values.join(", ")
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for r in chunk {
-            q = q
-                .bind(r.position as i64)
-                .bind(r.id.as_str())
-                .bind(r.stream.as_str())
-                .bind(r.version as i64)
-                .bind(r.event_type.as_str())
-                .bind(r.occurred_at.as_str())
-                .bind(r.data.as_str())
-                .bind(r.metadata.as_str());
-        }
-        q.execute(&mut *tx).await?;
+/// A multi-row INSERT of `n` rows, bound from `$1` by [`bind_rows`].
+fn insert_sql(n: usize) -> String {
+    let values: Vec<String> = (0..n)
+        .map(|i| format!("({})", placeholders(i * 8 + 1, 8)))
+        .collect();
+    format!(
+        "INSERT INTO feed_events (position, id, stream, stream_version, type, occurred_at, data, metadata) VALUES {}",
+        values.join(", ")
+    )
+}
+
+fn bind_rows<'q>(mut q: Query<'q>, rows: &'q [Row8]) -> Query<'q> {
+    for r in rows {
+        q = q
+            .bind(r.position as i64)
+            .bind(r.id.as_str())
+            .bind(r.stream.as_str())
+            .bind(r.version as i64)
+            .bind(r.event_type.as_str())
+            .bind(r.occurred_at.as_str())
+            .bind(r.data.as_str())
+            .bind(r.metadata.as_str());
     }
-    Ok(())
+    q
 }
 
 fn placeholders(first: usize, n: usize) -> String {
