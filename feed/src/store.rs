@@ -53,6 +53,10 @@ const SQLITE_CHANGE_CHECK: Duration = Duration::from_millis(2);
 /// Rows per multi-row INSERT; 100 rows x 8 columns stays far below both engines'
 /// bind-parameter limits.
 const INSERT_CHUNK: usize = 100;
+/// Ranges shorter than this are read from SQLite as one row (see
+/// `EventLog::read_range_as_one_row`); longer ones row by row, so that reading a whole
+/// log does not hold it twice in memory.
+const ONE_ROW_READ: u64 = 10_000;
 
 /// What an appender expects the stream's current version to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -383,6 +387,9 @@ impl EventLog {
 
     /// Events with `from <= position <= to`, oldest first.
     pub async fn read_range(&self, from: Position, to: Position) -> Result<Vec<Event>, StoreError> {
+        if self.db.backend() == Backend::Sqlite && to.saturating_sub(from) < ONE_ROW_READ {
+            return self.read_range_as_one_row(from, to).await;
+        }
         let rows = sqlx::query(
             "SELECT position, id, stream, stream_version, type, occurred_at, data, metadata \
              FROM feed_events WHERE position >= $1 AND position <= $2 ORDER BY position",
@@ -392,6 +399,33 @@ impl EventLog {
         .fetch_all(self.db.pool())
         .await?;
         rows.iter().map(decode_event).collect()
+    }
+
+    /// [`read_range`](Self::read_range) on SQLite for a page-sized range: the rows come
+    /// back as one JSON array in one row. sqlx runs each SQLite connection on a thread
+    /// of its own and hands every row over to the async task separately, and those
+    /// hand-overs (with the conversion of each row to an `AnyRow`) were half the cost of
+    /// reading a page of 200 events. The stored `data` and `metadata` texts travel as
+    /// JSON strings, so they are decoded from exactly the stored text, as row by row.
+    async fn read_range_as_one_row(
+        &self,
+        from: Position,
+        to: Position,
+    ) -> Result<Vec<Event>, StoreError> {
+        let text: String = sqlx::query_scalar(
+            "SELECT json_group_array(json_array(position, id, stream, stream_version, type, \
+             occurred_at, data, metadata)) FROM (SELECT * FROM feed_events \
+             WHERE position >= $1 AND position <= $2 ORDER BY position)",
+        )
+        .bind(from.min(i64::MAX as u64) as i64)
+        .bind(to.min(i64::MAX as u64) as i64)
+        .fetch_one(self.db.pool())
+        .await?;
+        let rows: Vec<Stored> = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+            position: from as i64,
+            reason: format!("the rows of {from}..={to} as JSON: {e}"),
+        })?;
+        rows.into_iter().map(Stored::into_event).collect()
     }
 
     /// The event at `position`, if any.
@@ -999,26 +1033,40 @@ fn placeholders(backend: Backend, first: usize, n: usize) -> String {
     }
 }
 
+/// The columns of one `feed_events` row, in table order.
+#[derive(serde::Deserialize)]
+struct Stored(i64, String, String, i64, String, String, String, String);
+
+impl Stored {
+    fn into_event(self) -> Result<Event, StoreError> {
+        let Stored(position, id, stream, version, event_type, occurred_at, data, metadata) = self;
+        let corrupt = |reason: String| StoreError::Corrupt { position, reason };
+        Ok(Event {
+            position: position as Position,
+            id: Uuid::parse_str(&id).map_err(|e| corrupt(format!("id: {e}")))?,
+            stream: StreamId::parse(stream).map_err(|e| corrupt(e.to_string()))?,
+            stream_version: version as u64,
+            event_type: EventType::parse(event_type).map_err(|e| corrupt(e.to_string()))?,
+            occurred_at: DateTime::parse_from_rfc3339(&occurred_at)
+                .map_err(|e| corrupt(format!("occurred_at: {e}")))?
+                .with_timezone(&Utc),
+            data: serde_json::from_str(&data).map_err(|e| corrupt(format!("data: {e}")))?,
+            metadata: serde_json::from_str(&metadata)
+                .map_err(|e| corrupt(format!("metadata: {e}")))?,
+        })
+    }
+}
+
 fn decode_event(row: &AnyRow) -> Result<Event, StoreError> {
-    let position: i64 = row.try_get(0)?;
-    let corrupt = |reason: String| StoreError::Corrupt { position, reason };
-    let id: String = row.try_get(1)?;
-    let stream: String = row.try_get(2)?;
-    let version: i64 = row.try_get(3)?;
-    let event_type: String = row.try_get(4)?;
-    let occurred_at: String = row.try_get(5)?;
-    let data: String = row.try_get(6)?;
-    let metadata: String = row.try_get(7)?;
-    Ok(Event {
-        position: position as Position,
-        id: Uuid::parse_str(&id).map_err(|e| corrupt(format!("id: {e}")))?,
-        stream: StreamId::parse(stream).map_err(|e| corrupt(e.to_string()))?,
-        stream_version: version as u64,
-        event_type: EventType::parse(event_type).map_err(|e| corrupt(e.to_string()))?,
-        occurred_at: DateTime::parse_from_rfc3339(&occurred_at)
-            .map_err(|e| corrupt(format!("occurred_at: {e}")))?
-            .with_timezone(&Utc),
-        data: serde_json::from_str(&data).map_err(|e| corrupt(format!("data: {e}")))?,
-        metadata: serde_json::from_str(&metadata).map_err(|e| corrupt(format!("metadata: {e}")))?,
-    })
+    Stored(
+        row.try_get(0)?,
+        row.try_get(1)?,
+        row.try_get(2)?,
+        row.try_get(3)?,
+        row.try_get(4)?,
+        row.try_get(5)?,
+        row.try_get(6)?,
+        row.try_get(7)?,
+    )
+    .into_event()
 }
