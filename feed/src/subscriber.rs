@@ -300,18 +300,65 @@ enum Got {
     },
 }
 
-/// The next sealed page, requested and read while the current one is being
-/// applied, so the producer renders (or the cache sends) page N+1 and this
-/// process parses it while page N is written. Aborted when dropped (the
+/// Sealed pages requested ahead along their `next-archive` links, so the producer
+/// (or the cache) sends page N+1 and N+2 and this process parses them while page N is
+/// written. A background task walks the archive: it requests a page, starts parsing
+/// it on a blocking thread, and requests the page after it at once, taking that
+/// page's address from the response's `Link` header. That address is only a hint:
+/// the subscriber uses a page read ahead only when its address is the one the
+/// documents it applied lead to. The task stops at a document with no next archive
+/// (the head), on an error (passed on with that page), or when dropped (the
 /// subscriber stopped, failed, or went elsewhere).
-struct Prefetch {
-    url: String,
-    task: tokio::task::JoinHandle<Result<Got, SubscribeError>>,
+struct ReadAhead {
+    pages:
+        tokio::sync::mpsc::Receiver<(String, tokio::task::JoinHandle<Result<Got, SubscribeError>>)>,
+    _walker: tokio_util::task::AbortOnDropHandle<()>,
 }
 
-impl Drop for Prefetch {
-    fn drop(&mut self) {
-        self.task.abort();
+/// Pages parsed or being parsed ahead of the one applied, besides the one requested.
+const READ_AHEAD: usize = 2;
+
+impl ReadAhead {
+    fn start(client: reqwest::Client, first: String, status: Arc<Status>) -> Self {
+        let (tx, pages) = tokio::sync::mpsc::channel(READ_AHEAD);
+        let walker = tokio::spawn(async move {
+            let mut url = Some(first);
+            while let Some(this) = url.take() {
+                let permit = match tx.reserve().await {
+                    Ok(p) => p,
+                    Err(_) => return,
+                };
+                status.requests.fetch_add(1, Ordering::Relaxed);
+                let parse = match raw_get(client.clone(), this.clone(), None, None).await {
+                    Ok((raw, next)) => {
+                        url = next;
+                        let at = this.clone();
+                        // Parsed on a blocking thread: it overlaps with the write of
+                        // the current page even on a single-threaded runtime.
+                        tokio::task::spawn_blocking(move || read_doc(&at, raw, 0))
+                    }
+                    Err(e) => tokio::spawn(async move { Err(e) }),
+                };
+                permit.send((this, parse));
+            }
+        });
+        Self {
+            pages,
+            _walker: tokio_util::task::AbortOnDropHandle::new(walker),
+        }
+    }
+
+    /// The next page read ahead, if it is `url`.
+    async fn take(&mut self, url: &str) -> Option<Result<Got, SubscribeError>> {
+        let (at, parse) = self.pages.recv().await?;
+        if at != url {
+            return None;
+        }
+        match parse.await {
+            Ok(got) => Some(got),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => None,
+        }
     }
 }
 
@@ -330,7 +377,7 @@ pub struct Subscriber<H> {
     /// a conditional request of the head): the head's ETag is known now, so the
     /// next step is the long poll, at once.
     poll_at_once: bool,
-    prefetch: Option<Prefetch>,
+    read_ahead: Option<ReadAhead>,
 }
 
 impl<H> std::fmt::Debug for Subscriber<H> {
@@ -367,7 +414,7 @@ impl<H: Handler> Subscriber<H> {
             checkpoint: None,
             seen: HashMap::new(),
             poll_at_once: false,
-            prefetch: None,
+            read_ahead: None,
             status: Arc::new(Status::default()),
         }
     }
@@ -488,7 +535,7 @@ impl<H: Handler> Subscriber<H> {
                 // the way from it.
                 self.cursor = Cursor::Locate;
                 self.checkpoint = None;
-                self.prefetch = None;
+                self.read_ahead = None;
             }
         }
         result
@@ -645,21 +692,14 @@ impl<H: Handler> Subscriber<H> {
                 waited: false,
             });
         }
-        if let Cursor::Page(next) = &next_cursor {
-            self.status.requests.fetch_add(1, Ordering::Relaxed);
-            let (client, url) = (self.client.clone(), next.clone());
-            self.prefetch = Some(Prefetch {
-                url: next.clone(),
-                task: tokio::spawn(async move {
-                    let raw = raw_get(client, url.clone(), None, None).await?;
-                    // Parsed on a blocking thread: it overlaps with the write of
-                    // the current page even on a single-threaded runtime.
-                    match tokio::task::spawn_blocking(move || read_doc(&url, raw, 0)).await {
-                        Ok(got) => got,
-                        Err(e) => std::panic::resume_unwind(e.into_panic()),
-                    }
-                }),
-            });
+        if let Cursor::Page(next) = &next_cursor
+            && self.read_ahead.is_none()
+        {
+            self.read_ahead = Some(ReadAhead::start(
+                self.client.clone(),
+                next.clone(),
+                self.status.clone(),
+            ));
         }
         let last = expected - 1;
         let page_url = f.doc.links.this.clone().unwrap_or_else(|| f.url.clone());
@@ -747,19 +787,20 @@ impl<H: Handler> Subscriber<H> {
         wait: Option<Duration>,
         applied: Position,
     ) -> Result<Answer, SubscribeError> {
-        // The next page, if it was requested ahead; a prefetch whose task did not
-        // finish (it panicked) is simply requested again.
-        let prefetched = match self.prefetch.take() {
-            Some(mut p) if p.url == url && etag.is_none() && wait.is_none() => {
-                (&mut p.task).await.ok()
-            }
+        // The next page, if it was read ahead; anything else the reader holds is
+        // dropped with it, and a page whose parse did not finish is requested again.
+        let ahead = match self.read_ahead.as_mut() {
+            Some(r) if etag.is_none() && wait.is_none() => r.take(url).await,
             _ => None,
         };
-        let got = match prefetched {
+        if ahead.is_none() {
+            self.read_ahead = None;
+        }
+        let got = match ahead {
             Some(got) => got?,
             None => {
                 self.status.requests.fetch_add(1, Ordering::Relaxed);
-                let raw = raw_get(
+                let (raw, _) = raw_get(
                     self.client.clone(),
                     url.to_owned(),
                     etag.map(str::to_owned),
@@ -859,7 +900,7 @@ async fn raw_get(
     url: String,
     etag: Option<String>,
     wait: Option<Duration>,
-) -> Result<Raw, SubscribeError> {
+) -> Result<(Raw, Option<String>), SubscribeError> {
     let mut req = client
         .get(&url)
         .header(reqwest::header::ACCEPT, atom::FEED_MEDIA_TYPE)
@@ -880,7 +921,7 @@ async fn raw_get(
     let status = resp.status();
     if status == reqwest::StatusCode::NOT_MODIFIED {
         let waited = resp.headers().contains_key("preference-applied");
-        return Ok(Raw::NotModified { waited });
+        return Ok((Raw::NotModified { waited }, None));
     }
     if !status.is_success() {
         return Err(SubscribeError::Http {
@@ -893,8 +934,32 @@ async fn raw_get(
         .get(reqwest::header::ETAG)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let next = resp
+        .headers()
+        .get_all(reqwest::header::LINK)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(next_archive_in);
     let body = read_limited(resp, &url).await?;
-    Ok(Raw::Body { etag, body })
+    Ok((Raw::Body { etag, body }, next))
+}
+
+/// The `next-archive` target in an RFC 8288 `Link` header value, if it names one
+/// (read loosely: it is a hint, checked against the document later).
+fn next_archive_in(header: &str) -> Option<String> {
+    header.split(',').find_map(|link| {
+        let (target, params) = link.trim().split_once(';')?;
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        params
+            .split(';')
+            .filter_map(|p| p.trim().strip_prefix("rel="))
+            .any(|rel| {
+                rel.trim_matches('"')
+                    .split_whitespace()
+                    .any(|r| r == "next-archive")
+            })
+            .then(|| target.to_owned())
+    })
 }
 
 /// Reads a response body, refusing it as soon as it grows past

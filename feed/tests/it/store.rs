@@ -479,5 +479,10 @@ async fn a_range_read_in_one_row_gives_the_same_events_as_row_by_row() {
     let data: Vec<_> = in_one_row.iter().map(|e| e.data.clone()).collect();
     assert_eq!(data, payloads);
     assert_eq!(log.read_range(2, 3).await.expect("part"), row_by_row[1..3]);
-    assert!(log.read_range(7, 200).await.expect("past the head").is_empty());
+    assert!(
+        log.read_range(7, 200)
+            .await
+            .expect("past the head")
+            .is_empty()
+    );
 }

@@ -139,28 +139,11 @@ async fn a_subscriber_backs_off_while_the_producer_is_down_and_then_catches_up()
 
 /// A producer that serves hand-made documents.
 async fn static_feed(pages: Vec<(&'static str, String)>) -> (String, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let pages = Arc::new(
-        pages
-            .into_iter()
-            .map(|(p, body)| (p.to_owned(), body.replace("BASE", &base)))
-            .collect::<Vec<_>>(),
-    );
-    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
-        let pages = pages.clone();
-        async move {
-            match pages.iter().find(|(p, _)| p == uri.path()) {
-                Some((_, body)) => (axum::http::StatusCode::OK, body.clone()),
-                None => (axum::http::StatusCode::NOT_FOUND, String::new()),
-            }
-        }
-    });
-    let handle = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let pages = pages
+        .into_iter()
+        .map(|(p, body)| (p, body, String::new()))
+        .collect();
+    let (base, _asked, handle) = linked_feed(pages).await;
     (base, handle)
 }
 
@@ -761,4 +744,163 @@ async fn a_page_sealed_while_caught_up_does_not_make_the_subscriber_pause() {
     }
     task.abort();
     assert_eq!(rows(&db).await.len(), 16);
+}
+
+/// Serves `pages` with the given `Link` header each (none where it is empty),
+/// recording every path asked for.
+async fn linked_feed(
+    pages: Vec<(&'static str, String, String)>,
+) -> (
+    String,
+    Arc<std::sync::Mutex<Vec<String>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let pages = Arc::new(
+        pages
+            .into_iter()
+            .map(|(p, body, link)| {
+                (
+                    p.to_owned(),
+                    body.replace("BASE", &base),
+                    link.replace("BASE", &base),
+                )
+            })
+            .collect::<Vec<_>>(),
+    );
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = asked.clone();
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let (pages, log) = (pages.clone(), log.clone());
+        async move {
+            log.lock().expect("lock").push(uri.path().to_owned());
+            match pages.iter().find(|(p, _, _)| p == uri.path()) {
+                Some((_, body, link)) => {
+                    let mut r = axum::response::Response::builder();
+                    if !link.is_empty() {
+                        r = r.header("link", link.as_str());
+                    }
+                    r.body(axum::body::Body::from(body.clone()))
+                        .expect("response")
+                }
+                None => axum::response::Response::builder()
+                    .status(404)
+                    .body(axum::body::Body::empty())
+                    .expect("response"),
+            }
+        }
+    });
+    let handle = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (base, asked, handle)
+}
+
+/// Replays the feed at `base` into a fresh replica with `poll_once` until it is
+/// caught up at `head`; returns the replica's rows.
+async fn replay_to(base: &str, head: u64) -> Vec<(i64, String, String, i64)> {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = replica_db(&dir).await;
+    let mut sub = Subscriber::new(fast("replica", format!("{base}/feed")), db.clone(), Replica);
+    for _ in 0..50 {
+        if let Progress::CaughtUp { position, .. } = sub.poll_once().await.expect("poll")
+            && position == head
+        {
+            return rows(&db).await;
+        }
+    }
+    panic!("the replica did not catch up at {head}");
+}
+
+/// Three sealed pages and a head; each sealed page's `Link` header is `links(page)`.
+fn three_pages_and_a_head(links: impl Fn(&str) -> String) -> Vec<(&'static str, String, String)> {
+    let pages = [
+        ("/feed/archive/1-3", None, "/feed/archive/4-6", [1, 2, 3]),
+        (
+            "/feed/archive/4-6",
+            Some("/feed/archive/1-3"),
+            "/feed/archive/7-9",
+            [4, 5, 6],
+        ),
+        (
+            "/feed/archive/7-9",
+            Some("/feed/archive/4-6"),
+            "/feed",
+            [7, 8, 9],
+        ),
+    ];
+    let mut out: Vec<_> = pages
+        .iter()
+        .map(|(this, prev, next, positions)| {
+            (
+                *this,
+                doc(this, *prev, Some(next), true, positions),
+                links(this),
+            )
+        })
+        .collect();
+    out.push((
+        "/feed",
+        doc("/feed", Some("/feed/archive/7-9"), None, false, &[10]),
+        String::new(),
+    ));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_reads_sealed_pages_ahead_by_their_link_headers_and_asks_for_each_once() {
+    let next = |page: &str| match page {
+        "/feed/archive/1-3" => "<BASE/feed/archive/4-6>; rel=\"next-archive\"".to_owned(),
+        "/feed/archive/4-6" => "<BASE/feed/archive/1-3>; rel=\"prev-archive\", \
+                                <BASE/feed/archive/7-9>; rel=\"next next-archive\""
+            .to_owned(),
+        _ => "<BASE/feed>; rel=next-archive".to_owned(),
+    };
+    let (base, asked, _server) = linked_feed(three_pages_and_a_head(next)).await;
+    let applied = replay_to(&base, 10).await;
+    assert_eq!(
+        applied.iter().map(|r| (r.0, r.3)).collect::<Vec<_>>(),
+        (1..=10).map(|p| (p, 1)).collect::<Vec<_>>()
+    );
+    let asked = asked.lock().expect("lock").clone();
+    for page in [
+        "/feed/archive/1-3",
+        "/feed/archive/4-6",
+        "/feed/archive/7-9",
+    ] {
+        assert_eq!(
+            asked.iter().filter(|p| *p == page).count(),
+            1,
+            "{page} asked for once: {asked:?}"
+        );
+    }
+}
+
+/// The `Link` header is only a hint: pages read ahead at its addresses are used only
+/// where the documents lead, so a producer whose headers point elsewhere still gets
+/// every event applied once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_headers_that_point_elsewhere_do_not_change_what_a_replay_applies() {
+    let wrong = |page: &str| match page {
+        "/feed/archive/1-3" => "<BASE/feed/archive/7-9>; rel=\"next-archive\"".to_owned(),
+        "/feed/archive/4-6" => "<BASE/feed/archive/1-3>; rel=\"next-archive\"".to_owned(),
+        _ => "<BASE/nowhere>; rel=\"next-archive\"".to_owned(),
+    };
+    let (base, asked, _server) = linked_feed(three_pages_and_a_head(wrong)).await;
+    let applied = replay_to(&base, 10).await;
+    assert_eq!(
+        applied.iter().map(|r| (r.0, r.3)).collect::<Vec<_>>(),
+        (1..=10).map(|p| (p, 1)).collect::<Vec<_>>()
+    );
+    assert!(
+        asked
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|p| p == "/feed/archive/7-9"),
+        "the hints were followed"
+    );
 }
