@@ -26,6 +26,7 @@
 //! Rendering is deterministic: the same events and links give the same bytes, which
 //! is what makes content-derived ETags and the page hash chain possible.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
@@ -222,17 +223,41 @@ pub fn format_time(t: &DateTime<Utc>) -> String {
 /// other code points XML 1.0 forbids that can occur in a Rust string (U+FFFE,
 /// U+FFFF) can only sit inside JSON strings, where `\uXXXX` is an exact equivalent.
 fn write_json(out: &mut String, v: &serde_json::Value) {
-    let json = v.to_string();
-    for c in json.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '\u{FFFE}' => out.push_str("\\ufffe"),
-            '\u{FFFF}' => out.push_str("\\uffff"),
-            c => out.push(c),
-        }
+    let json = serde_json::to_string(v).expect("a serde_json::Value always serializes");
+    push_escaped_json(out, &json);
+}
+
+/// The escaping of [`write_json`]: copies the runs between the few characters that
+/// need it as whole slices.
+fn push_escaped_json(out: &mut String, json: &str) {
+    let bytes = json.as_bytes();
+    let (mut copied, mut i) = (0, 0);
+    while i < bytes.len() {
+        // U+FFFE and U+FFFF are EF BF BE and EF BF BF in UTF-8.
+        let (replacement, len) = match bytes[i] {
+            b'&' => ("&amp;", 1),
+            b'<' => ("&lt;", 1),
+            b'>' => ("&gt;", 1),
+            0xEF if bytes.get(i + 1) == Some(&0xBF) => match bytes.get(i + 2) {
+                Some(0xBE) => ("\\ufffe", 3),
+                Some(0xBF) => ("\\uffff", 3),
+                _ => {
+                    i += 1;
+                    continue;
+                }
+            },
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        // `i` is at an ASCII byte or at the lead byte of a character: a boundary.
+        out.push_str(&json[copied..i]);
+        out.push_str(replacement);
+        i += len;
+        copied = i;
     }
+    out.push_str(&json[copied..]);
 }
 
 fn escape_text(out: &mut String, s: &str) {
@@ -410,11 +435,20 @@ fn read_link(node: roxmltree::Node<'_, '_>, links: &mut Links) {
     *slot = Some(href.to_owned());
 }
 
-fn text_of<'a>(node: roxmltree::Node<'a, '_>) -> String {
-    node.children()
-        .filter_map(|c| c.text())
-        .collect::<Vec<_>>()
-        .concat()
+/// The text of `node`'s children, borrowed from the document when there is one
+/// piece (nearly always), so reading a page does not copy every field.
+fn text_of<'a>(node: roxmltree::Node<'a, '_>) -> Cow<'a, str> {
+    let mut texts = node.children().filter_map(|c| c.text());
+    match (texts.next(), texts.next()) {
+        (None, _) => Cow::Borrowed(""),
+        (Some(one), None) => Cow::Borrowed(one),
+        (Some(first), Some(second)) => {
+            let mut all = String::from(first);
+            all.push_str(second);
+            all.extend(texts);
+            Cow::Owned(all)
+        }
+    }
 }
 
 fn parse_num(node: roxmltree::Node<'_, '_>, what: &str) -> Result<u64, AtomError> {
@@ -503,4 +537,43 @@ fn read_entry(node: roxmltree::Node<'_, '_>) -> Result<Event, AtomError> {
         data,
         metadata,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    /// The escaping as the XML 1.0 rules state it, one character at a time.
+    fn escaped_char_by_char(json: &str) -> String {
+        let mut out = String::new();
+        for c in json.chars() {
+            match c {
+                '&' => out.push_str("&amp;"),
+                '<' => out.push_str("&lt;"),
+                '>' => out.push_str("&gt;"),
+                '\u{FFFE}' => out.push_str("\\ufffe"),
+                '\u{FFFF}' => out.push_str("\\uffff"),
+                c => out.push(c),
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn json_is_escaped_exactly_as_character_by_character(
+            s in "(\\PC|[&<>\u{FFFE}\u{FFFF}\u{FFFD}\u{EFBF}\u{FEFF}\u{10FFFF}])*"
+        ) {
+            let mut out = String::from("x");
+            super::push_escaped_json(&mut out, &s);
+            prop_assert_eq!(out, format!("x{}", escaped_char_by_char(&s)));
+        }
+    }
+
+    #[test]
+    fn escaping_json_covers_every_replaced_character() {
+        let mut out = String::new();
+        super::push_escaped_json(&mut out, "a&b<c>d\u{FFFE}e\u{FFFF}f\u{FFFD}\u{FEFF}");
+        assert_eq!(out, "a&amp;b&lt;c&gt;d\\ufffee\\ufffff\u{FFFD}\u{FEFF}");
+    }
 }

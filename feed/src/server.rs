@@ -414,15 +414,25 @@ impl FeedServer {
         }
     }
 
-    /// Records the digest of sealed page `range` rendered as `doc`, or, when one is
-    /// recorded already and differs, logs that the log was changed under the feed.
-    async fn check_chain(&self, range: PageRange, doc: &str) -> Result<(), StoreError> {
+    /// Records the digest of sealed page `range` rendered as `doc` unless one was
+    /// `recorded` already, and logs that the log was changed under the feed when the
+    /// recorded one differs.
+    async fn check_chain(
+        &self,
+        range: PageRange,
+        doc: &str,
+        recorded: Option<String>,
+    ) -> Result<(), StoreError> {
         let digest = hex(&Sha256::digest(doc.as_bytes()));
-        let before = self
-            .inner
-            .log
-            .record_page_digest(&self.inner.base, range.from, range.to, &digest)
-            .await?;
+        let before = match recorded {
+            Some(r) => Some(r),
+            None => {
+                self.inner
+                    .log
+                    .record_page_digest(&self.inner.base, range.from, range.to, &digest)
+                    .await?
+            }
+        };
         if let Some(recorded) = before
             && recorded != digest
         {
@@ -1014,11 +1024,28 @@ async fn archive(
         .inner
         .docs
         .try_get_with(key, async move {
-            let entries = s2.read_sealed(range).await?;
             let nav = s2.layout().page_navigation(range);
+            // The page's events and the digests of it and of the page before it,
+            // read at the same time.
+            let digests = async {
+                match w.format {
+                    Format::Atom => {
+                        s2.inner
+                            .log
+                            .page_digest_pair(&s2.inner.base, nav.prev.map(|p| p.from), range.from)
+                            .await
+                    }
+                    Format::Html => Ok((None, None)),
+                }
+            };
+            let (entries, digests) = tokio::join!(s2.read_sealed(range), digests);
+            let (entries, (prev, recorded)) = (entries?, digests?);
             let doc = match w.format {
                 Format::Atom => {
-                    let prev = s2.prev_digest(nav.prev).await?;
+                    let prev = match (nav.prev, prev) {
+                        (Some(_), Some(d)) => Some(d),
+                        (p, _) => s2.prev_digest(p).await?,
+                    };
                     let doc = s2.render_page(
                         Which::Log,
                         &nav,
@@ -1027,7 +1054,7 @@ async fn archive(
                         DateTime::<Utc>::UNIX_EPOCH,
                         prev.as_deref(),
                     );
-                    s2.check_chain(range, &doc).await?;
+                    s2.check_chain(range, &doc, recorded).await?;
                     doc
                 }
                 Format::Html => {

@@ -525,6 +525,34 @@ impl EventLog {
         Ok(row.map(|(to, d)| (to as Position, d)))
     }
 
+    /// The stored digests of the sealed pages starting at `prev` and at `this` in the
+    /// chain of `base_url`, in one query: what rendering page `this` needs.
+    pub(crate) async fn page_digest_pair(
+        &self,
+        base_url: &str,
+        prev: Option<Position>,
+        this: Position,
+    ) -> Result<(Option<String>, Option<String>), StoreError> {
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT from_position, digest FROM feed_page_digests \
+             WHERE base_url = $1 AND from_position IN ($2, $3)",
+        )
+        .bind(base_url)
+        .bind(prev.unwrap_or(this) as i64)
+        .bind(this as i64)
+        .fetch_all(self.db.pool())
+        .await?;
+        let mut pair = (None, None);
+        for (from, digest) in rows {
+            if from == this as i64 {
+                pair.1 = Some(digest);
+            } else {
+                pair.0 = Some(digest);
+            }
+        }
+        Ok(pair)
+    }
+
     /// The newest recorded page of the chain of `base_url`: `(from, to, digest)`.
     pub(crate) async fn last_page_digest(
         &self,

@@ -608,3 +608,94 @@ fn a_reader_that_applied_some_positions_gets_only_the_newer_entries_and_the_same
     let err = atom::parse_feed_after(&new_broken, 1).expect_err("an entry without ev:stream");
     assert!(err.to_string().contains("ev:stream"), "{err}");
 }
+
+#[test]
+fn the_atom_reader_refuses_xml_that_is_not_well_formed() {
+    let valid = valid_head();
+    let body = valid.replacen("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n", "", 1);
+    // Each case edits the valid document once: (what, the text, its replacement).
+    let edits = [
+        ("an unclosed element", "</feed>", ""),
+        ("a mismatched end tag", "</ev:stream>", "</ev:streams>"),
+        ("an undeclared prefix", "<ev:stream>", "<xx:stream>"),
+        (
+            "an undeclared attribute prefix",
+            "<link rel=",
+            "<link xx:a=\"1\" rel=",
+        ),
+        ("an unknown entity", "order-1<", "order-1&nbsp;<"),
+        ("a control character", "order-1<", "order-1\u{1}<"),
+        (
+            "a reference to a control character",
+            "order-1<",
+            "order-1&#1;<",
+        ),
+        ("U+FFFE", "order-1<", "order-1\u{FFFE}<"),
+        (
+            "an unquoted attribute",
+            "<link rel=\"self\"",
+            "<link rel=self",
+        ),
+        (
+            "a duplicate attribute",
+            "<link rel=\"self\"",
+            "<link rel=\"self\" rel=\"up\"",
+        ),
+        (
+            "attributes without white space between them",
+            "<link rel=\"self\" type=",
+            "<link rel=\"self\"type=",
+        ),
+        (
+            "'<' in an attribute value",
+            "<link rel=\"self\"",
+            "<link rel=\"se<lf\"",
+        ),
+        ("\"]]>\" in text", "order-1<", "order-1]]><"),
+        (
+            "an XML declaration without a version",
+            "version=\"1.0\" ",
+            "",
+        ),
+        ("a colon at the end of a name", "<entry>", "<entry:>"),
+        ("a name that starts with a digit", "<entry>", "<entry><1x/>"),
+        ("'--' in a comment", "<entry>", "<entry><!-- a -- b -->"),
+    ];
+    let whole = [
+        ("two root elements", format!("{valid}<feed/>")),
+        ("text after the root", format!("{valid}trailing")),
+        (
+            "a DTD",
+            format!("<?xml version=\"1.0\"?><!DOCTYPE feed>{body}"),
+        ),
+        ("an XML declaration that is not first", format!("\n{valid}")),
+    ];
+    let cases = edits
+        .iter()
+        .map(|(what, from, to)| {
+            assert!(
+                valid.contains(from),
+                "{what}: {from:?} is not in the document"
+            );
+            (*what, valid.replacen(from, to, 1))
+        })
+        .chain(whole);
+    for (what, doc) in cases {
+        assert!(
+            roxmltree::Document::parse(&doc).is_err(),
+            "{what}: the reference parser accepts it, so the case is wrong"
+        );
+        assert!(atom::parse_feed(&doc).is_err(), "{what} was accepted");
+    }
+    // What XML allows is read: comments, a processing instruction, CDATA, character
+    // references and CRLF line ends.
+    let allowed = valid
+        .replacen("<entry>", "<!-- c --><?pi x?><entry>", 1)
+        .replacen("order-1<", "order<![CDATA[-]]>&#x31;<", 1)
+        .replace('\n', "\r\n");
+    let parsed = atom::parse_feed(&allowed).expect("well-formed");
+    assert_eq!(
+        parsed.entries,
+        atom::parse_feed(&valid).expect("valid").entries
+    );
+}
