@@ -852,7 +852,7 @@ async fn lock_and_look_up<'a>(
 ) -> Result<(Position, HashMap<String, Position>, HashMap<&'a str, u64>), sqlx::Error> {
     if backend == Backend::Postgres && ids.len() + streams.len() <= 500 {
         let sql = format!(
-            "WITH locked AS (UPDATE feed_head SET position = position WHERE id = 1 RETURNING position) \
+            "WITH locked AS MATERIALIZED (SELECT position FROM feed_head WHERE id = 1 FOR UPDATE) \
              {} \
              UNION ALL SELECT CAST(2 AS BIGINT), '', position FROM locked \
              UNION ALL SELECT CAST(3 AS BIGINT), '', position FROM feed_head WHERE id = 1",
