@@ -3,9 +3,11 @@
 //! `cargo bench -p feed --bench log [-- EVENTS]` (default 100,000 events) prints:
 //! - append events/s through `EventLog::append` vs raw multi-row INSERTs of the same
 //!   rows (SQLite file, batches of 1,000 per transaction);
-//! - replay events/s over HTTP (feed server + subscriber mirroring into a second
-//!   SQLite file) vs a direct SQLite-to-SQLite copy of the same rows, batched by page;
-//! - replay time and requests for several page sizes (how the default was chosen).
+//! - replay time, events/s and requests over HTTP (feed server + subscriber mirroring
+//!   into a second SQLite file) for several page sizes (how the default was chosen).
+//!
+//! The replay against its baseline (a copy of the same rows inside SQLite) is P1 of
+//! `cargo bench --bench system`.
 
 use std::time::Instant;
 
@@ -66,8 +68,6 @@ fn insert_sql(rows: usize) -> String {
     )
 }
 
-type RawRow = (i64, String, String, i64, String, String, String, String);
-
 async fn raw_insert(db: &Database, rows: &[NewEvent], start: u64) {
     let mut pos = start;
     for chunk in rows.chunks(1000) {
@@ -89,43 +89,6 @@ async fn raw_insert(db: &Database, rows: &[NewEvent], start: u64) {
             q.execute(&mut *tx).await.expect("insert");
         }
         tx.commit().await.expect("commit");
-    }
-}
-
-async fn copy_direct(src: &Database, dst: &Database, page: i64) -> u64 {
-    let mut from = 1i64;
-    let mut copied = 0;
-    loop {
-        let rows: Vec<RawRow> = sqlx::query_as(
-            "SELECT position, id, stream, stream_version, type, occurred_at, data, metadata FROM feed_events WHERE position >= $1 AND position < $2 ORDER BY position",
-        )
-        .bind(from)
-        .bind(from + page)
-        .fetch_all(src.pool())
-        .await
-        .expect("read");
-        if rows.is_empty() {
-            return copied;
-        }
-        let mut tx = dst.begin().await.expect("begin");
-        for part in rows.chunks(100) {
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(insert_sql(part.len())));
-            for r in part {
-                q = q
-                    .bind(r.0)
-                    .bind(&r.1)
-                    .bind(&r.2)
-                    .bind(r.3)
-                    .bind(&r.4)
-                    .bind(&r.5)
-                    .bind(&r.6)
-                    .bind(&r.7);
-            }
-            q.execute(&mut *tx).await.expect("insert");
-        }
-        tx.commit().await.expect("commit");
-        copied += rows.len() as u64;
-        from += page;
     }
 }
 
@@ -190,28 +153,11 @@ async fn main() {
     raw_insert(&raw, &rows, 0).await;
     let insert = n as f64 / t.elapsed().as_secs_f64();
 
-    // Replay: direct copy vs over HTTP, pages of the default size.
-    let copy_db = Database::connect(&path("copy.db")).await.expect("copy");
-    sqlx::query(RAW_TABLE)
-        .execute(copy_db.pool())
-        .await
-        .expect("table");
-    let t = Instant::now();
-    let copied = copy_direct(log.database(), &copy_db, feed::DEFAULT_PAGE_SIZE as i64).await;
-    let copy = copied as f64 / t.elapsed().as_secs_f64();
-    let (secs, _) = replay_over_http(&log, feed::DEFAULT_PAGE_SIZE, dir.path()).await;
-    let replay = n as f64 / secs;
-
     println!("| measure ({n} events, SQLite) | ours | baseline | ratio |");
     println!("| --- | --- | --- | --- |");
     println!(
         "| append events/s (log API vs raw INSERT) | {append:.0} | {insert:.0} | {:.2} |",
         append / insert
-    );
-    println!(
-        "| replay events/s (HTTP, page {} vs direct copy) | {replay:.0} | {copy:.0} | {:.2} |",
-        feed::DEFAULT_PAGE_SIZE,
-        replay / copy
     );
     println!();
     println!("| page size | replay s | events/s | requests |");
