@@ -114,8 +114,67 @@ pub struct FeedMeta<'a> {
     pub prev_archive_digest: Option<&'a str>,
 }
 
+/// An event as the writer takes it: its fields, and its `data` and `metadata` as
+/// compact JSON text.
+pub(crate) trait AsEntry {
+    /// The event (its `data` and `metadata` may be placeholders: see below).
+    fn event(&self) -> &Event;
+    /// `data` as compact JSON text.
+    fn data_json(&self) -> Cow<'_, str>;
+    /// `metadata` as compact JSON text.
+    fn metadata_json(&self) -> Cow<'_, str>;
+}
+
+impl AsEntry for Event {
+    fn event(&self) -> &Event {
+        self
+    }
+    fn data_json(&self) -> Cow<'_, str> {
+        Cow::Owned(compact(&self.data))
+    }
+    fn metadata_json(&self) -> Cow<'_, str> {
+        Cow::Owned(compact(&self.metadata))
+    }
+}
+
+/// An event read from the log with its `data` and `metadata` still the text the log
+/// stored, checked to be JSON but not decoded: what a page render needs. The log
+/// stores each value's compact serialization, and serializing the value decoded from
+/// that text gives the same text, so a page renders to the same bytes either way
+/// (test `sealed_pages_render_the_same_bytes_from_stored_text_as_from_decoded_events`).
+#[derive(Debug, Clone)]
+pub(crate) struct StoredEvent {
+    /// The event's other fields; its `data` and `metadata` are `null`.
+    pub head: Event,
+    /// `data` as stored.
+    pub data: String,
+    /// `metadata` as stored.
+    pub metadata: String,
+}
+
+impl AsEntry for StoredEvent {
+    fn event(&self) -> &Event {
+        &self.head
+    }
+    fn data_json(&self) -> Cow<'_, str> {
+        Cow::Borrowed(&self.data)
+    }
+    fn metadata_json(&self) -> Cow<'_, str> {
+        Cow::Borrowed(&self.metadata)
+    }
+}
+
+fn compact(v: &serde_json::Value) -> String {
+    serde_json::to_string(v).expect("a serde_json::Value always serializes")
+}
+
 /// Renders a feed document; `entries` oldest first (they are written newest first).
 pub fn render_feed(meta: &FeedMeta<'_>, entries: &[Event]) -> String {
+    render_feed_of(meta, entries)
+}
+
+/// [`render_feed`] for any kind of entry.
+pub(crate) fn render_feed_of<E: AsEntry>(meta: &FeedMeta<'_>, entries: &[E]) -> String {
     let mut out = String::with_capacity(1024 + entries.len() * 700);
     out.push_str("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n");
     let _ = write!(
@@ -126,7 +185,9 @@ pub fn render_feed(meta: &FeedMeta<'_>, entries: &[Event]) -> String {
     out.push_str("</id>\n<title type=\"text\">");
     escape_text(&mut out, meta.title);
     out.push_str("</title>\n<updated>");
-    let updated = entries.last().map_or(meta.empty_updated, |e| e.occurred_at);
+    let updated = entries
+        .last()
+        .map_or(meta.empty_updated, |e| e.event().occurred_at);
     out.push_str(&format_time(&updated));
     out.push_str("</updated>\n<author><name>");
     escape_text(&mut out, meta.author);
@@ -171,11 +232,12 @@ fn write_links(out: &mut String, links: &Links) {
 
 fn write_entry(
     out: &mut String,
-    e: &Event,
+    entry: &impl AsEntry,
     base_url: &str,
     author: Option<&str>,
     links: Option<&Links>,
 ) {
+    let e = entry.event();
     if author.is_some() {
         let _ = writeln!(out, "<entry xmlns=\"{ATOM_NS}\" xmlns:ev=\"{EV_NS}\">");
     } else {
@@ -208,9 +270,9 @@ fn write_entry(
         "<ev:position>{}</ev:position>\n<ev:stream>{}</ev:stream>\n<ev:streamVersion>{}</ev:streamVersion>\n<ev:metadata>",
         e.position, e.stream, e.stream_version
     );
-    write_json(out, &e.metadata);
+    push_escaped_json(out, &entry.metadata_json());
     out.push_str("</ev:metadata>\n<content type=\"text\" ev:type=\"application/json\">");
-    write_json(out, &e.data);
+    push_escaped_json(out, &entry.data_json());
     out.push_str("</content>\n</entry>\n");
 }
 
@@ -219,16 +281,10 @@ pub fn format_time(t: &DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
-/// Compact JSON, XML-escaped. serde_json already escapes the C0 controls; the two
-/// other code points XML 1.0 forbids that can occur in a Rust string (U+FFFE,
+/// Compact JSON text, XML-escaped. serde_json already escapes the C0 controls; the
+/// two other code points XML 1.0 forbids that can occur in a Rust string (U+FFFE,
 /// U+FFFF) can only sit inside JSON strings, where `\uXXXX` is an exact equivalent.
-fn write_json(out: &mut String, v: &serde_json::Value) {
-    let json = serde_json::to_string(v).expect("a serde_json::Value always serializes");
-    push_escaped_json(out, &json);
-}
-
-/// The escaping of [`write_json`]: copies the runs between the few characters that
-/// need it as whole slices.
+/// The runs between the few characters that need escaping are copied as slices.
 fn push_escaped_json(out: &mut String, json: &str) {
     let bytes = json.as_bytes();
     let (mut copied, mut i) = (0, 0);
@@ -567,6 +623,108 @@ mod tests {
             let mut out = String::from("x");
             super::push_escaped_json(&mut out, &s);
             prop_assert_eq!(out, format!("x{}", escaped_char_by_char(&s)));
+        }
+    }
+
+    /// A JSON value of every kind, with awkward strings and numbers, `depth` deep.
+    fn awkward_value(rng: &mut fastrand::Rng, depth: u32) -> serde_json::Value {
+        use serde_json::Value;
+        const CHARS: [char; 16] = [
+            'a', '"', '\\', '/', '<', '>', '&', '\u{0}', '\u{1f}', '\u{7f}', '\u{2028}',
+            '\u{FFFE}', '\u{FFFF}', '\u{FFFD}', 'é', '🦀',
+        ];
+        match rng.u8(0..if depth == 0 { 6 } else { 8 }) {
+            0 => Value::Null,
+            1 => Value::Bool(rng.bool()),
+            2 => Value::from(rng.i64(..)),
+            3 => Value::from(rng.u64(..)),
+            4 => serde_json::Number::from_f64(f64::from_bits(rng.u64(..)))
+                .map_or(Value::from(0.5), Value::Number),
+            5 => Value::String(
+                (0..rng.usize(0..12))
+                    .map(|_| CHARS[rng.usize(..16)])
+                    .collect(),
+            ),
+            6 => Value::Array(
+                (0..rng.usize(0..4))
+                    .map(|_| awkward_value(rng, depth - 1))
+                    .collect(),
+            ),
+            _ => Value::Object(
+                (0..rng.usize(0..4))
+                    .map(|i| {
+                        (
+                            format!("k{i}{}", CHARS[rng.usize(..16)]),
+                            awkward_value(rng, depth - 1),
+                        )
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    #[tokio::test]
+    async fn sealed_pages_render_the_same_bytes_from_stored_text_as_from_decoded_events() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = crate::store::EventLog::connect(&dir.path().join("log.db").display().to_string())
+            .await
+            .expect("log");
+        let mut rng = fastrand::Rng::with_seed(7);
+        let events: Vec<_> = (0..400)
+            .map(|i| {
+                let data = serde_json::json!({ "n": i, "v": awkward_value(&mut rng, 3) });
+                let mut e = crate::event::NewEvent::new(
+                    crate::event::StreamId::parse(format!("s-{}", i % 7)).expect("stream"),
+                    crate::event::EventType::parse("Awkward").expect("type"),
+                    data,
+                );
+                e.metadata = serde_json::json!({ "m": awkward_value(&mut rng, 2) });
+                e
+            })
+            .collect();
+        let mut tx = log.begin().await.expect("begin");
+        log.append(&mut tx, crate::store::Expected::Any, &events)
+            .await
+            .expect("append");
+        tx.commit().await.expect("commit");
+        let links = super::Links {
+            this: Some("http://h/feed/archive/1-400".into()),
+            ..super::Links::default()
+        };
+        let meta = super::FeedMeta {
+            id: "http://h/feed",
+            title: "t",
+            author: "svc",
+            base_url: "http://h",
+            links: &links,
+            archive: true,
+            head_position: None,
+            empty_updated: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
+            prev_archive_digest: Some("ab"),
+        };
+        // Both read paths: one row for the whole range, and row by row.
+        for (from, to) in [(1, 400), (1, crate::store::ONE_ROW_READ + 1)] {
+            let stored = log.read_range_stored(from, to).await.expect("stored");
+            let decoded = log.read_range(from, to).await.expect("decoded");
+            assert_eq!(stored.len(), 400);
+            let (a, b) = (
+                super::render_feed_of(&meta, &stored),
+                super::render_feed(&meta, &decoded),
+            );
+            if let Some(at) = a.bytes().zip(b.bytes()).position(|(x, y)| x != y) {
+                let around = |s: &str| {
+                    s[at.saturating_sub(80)..]
+                        .chars()
+                        .take(160)
+                        .collect::<String>()
+                };
+                panic!(
+                    "from stored text: {:?}\nfrom decoded events: {:?}",
+                    around(&a),
+                    around(&b)
+                );
+            }
+            assert_eq!(a.len(), b.len());
         }
     }
 

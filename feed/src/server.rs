@@ -76,7 +76,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
-use crate::atom::{self, FeedMeta, Links};
+use crate::atom::{self, AsEntry, FeedMeta, Links, StoredEvent};
 use crate::event::{Event, Position, StreamId};
 use crate::html;
 use crate::negotiate::{self, Coding, Format};
@@ -341,13 +341,18 @@ impl FeedServer {
     /// sealed with the hole in it forever.
     async fn read_sealed(&self, range: PageRange) -> Result<Vec<Event>, StoreError> {
         let entries = self.inner.log.read_range(range.from, range.to).await?;
-        if entries.len() as u64 != range.len() {
-            return Err(StoreError::Corrupt {
-                position: range.from as i64,
-                reason: format!("sealed page {range} holds only {} events", entries.len()),
-            });
-        }
-        Ok(entries)
+        check_sealed(range, entries)
+    }
+
+    /// [`Self::read_sealed`] with the JSON left as the stored text, for the Atom
+    /// render.
+    async fn read_sealed_stored(&self, range: PageRange) -> Result<Vec<StoredEvent>, StoreError> {
+        let entries = self
+            .inner
+            .log
+            .read_range_stored(range.from, range.to)
+            .await?;
+        check_sealed(range, entries)
     }
 
     /// The event at `position`, known to be at or below the head.
@@ -391,7 +396,7 @@ impl FeedServer {
             }
         };
         loop {
-            let entries = self.read_sealed(next).await?;
+            let entries = self.read_sealed_stored(next).await?;
             let nav = layout.page_navigation(next);
             let doc = self.render_page(
                 Which::Log,
@@ -515,7 +520,7 @@ impl FeedServer {
         &self,
         which: Which<'_>,
         nav: &crate::page::Navigation,
-        entries: &[Event],
+        entries: &[impl AsEntry],
         head: Option<Position>,
         empty_updated: DateTime<Utc>,
         prev_archive_digest: Option<&str>,
@@ -535,7 +540,7 @@ impl FeedServer {
         if let Doc::Page(range) = nav.this {
             title = format!("{title} {range}");
         }
-        atom::render_feed(
+        atom::render_feed_of(
             &FeedMeta {
                 id: &id,
                 title: &title,
@@ -550,6 +555,18 @@ impl FeedServer {
             entries,
         )
     }
+}
+
+/// `entries` if they are all of sealed page `range`: a page with a hole would be
+/// sealed with the hole in it forever.
+fn check_sealed<T>(range: PageRange, entries: Vec<T>) -> Result<Vec<T>, StoreError> {
+    if entries.len() as u64 != range.len() {
+        return Err(StoreError::Corrupt {
+            position: range.from as i64,
+            reason: format!("sealed page {range} holds only {} events", entries.len()),
+        });
+    }
+    Ok(entries)
 }
 
 /// Which feed of the service a document belongs to.
@@ -1025,23 +1042,17 @@ async fn archive(
         .docs
         .try_get_with(key, async move {
             let nav = s2.layout().page_navigation(range);
-            // The page's events and the digests of it and of the page before it,
-            // read at the same time.
-            let digests = async {
-                match w.format {
-                    Format::Atom => {
-                        s2.inner
-                            .log
-                            .page_digest_pair(&s2.inner.base, nav.prev.map(|p| p.from), range.from)
-                            .await
-                    }
-                    Format::Html => Ok((None, None)),
-                }
-            };
-            let (entries, digests) = tokio::join!(s2.read_sealed(range), digests);
-            let (entries, (prev, recorded)) = (entries?, digests?);
             let doc = match w.format {
                 Format::Atom => {
+                    // The page's events and the digests of it and of the page before
+                    // it, read at the same time.
+                    let digests = s2.inner.log.page_digest_pair(
+                        &s2.inner.base,
+                        nav.prev.map(|p| p.from),
+                        range.from,
+                    );
+                    let (entries, digests) = tokio::join!(s2.read_sealed_stored(range), digests);
+                    let (entries, (prev, recorded)) = (entries?, digests?);
                     let prev = match (nav.prev, prev) {
                         (Some(_), Some(d)) => Some(d),
                         (p, _) => s2.prev_digest(p).await?,
@@ -1058,6 +1069,7 @@ async fn archive(
                     doc
                 }
                 Format::Html => {
+                    let entries = s2.read_sealed(range).await?;
                     s2.render_html_page(Which::Log, &nav, &entries, range.from, range.to, None)
                 }
             };

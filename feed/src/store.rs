@@ -42,7 +42,7 @@ use sqlx::{AnyConnection, Connection, Row};
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
-use crate::atom::format_time;
+use crate::atom::{StoredEvent, format_time};
 use crate::db::{Backend, Database, DbError, FEED_MIGRATIONS, LocalCommits};
 use crate::event::{Event, EventType, NewEvent, Position, StreamId};
 use crate::page::{PageLayout, Segment};
@@ -56,7 +56,7 @@ const INSERT_CHUNK: usize = 100;
 /// Ranges shorter than this are read from SQLite as one row (see
 /// `EventLog::read_range_as_one_row`); longer ones row by row, so that reading a whole
 /// log does not hold it twice in memory.
-const ONE_ROW_READ: u64 = 10_000;
+pub(crate) const ONE_ROW_READ: u64 = 10_000;
 
 /// What an appender expects the stream's current version to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -387,8 +387,27 @@ impl EventLog {
 
     /// Events with `from <= position <= to`, oldest first.
     pub async fn read_range(&self, from: Position, to: Position) -> Result<Vec<Event>, StoreError> {
+        self.read_range_as(from, to, Stored::into_event).await
+    }
+
+    /// [`read_range`](Self::read_range) with the JSON left as the stored text.
+    pub(crate) async fn read_range_stored(
+        &self,
+        from: Position,
+        to: Position,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.read_range_as(from, to, Stored::into_stored_event)
+            .await
+    }
+
+    async fn read_range_as<T>(
+        &self,
+        from: Position,
+        to: Position,
+        convert: fn(Stored) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
         if self.db.backend() == Backend::Sqlite && to.saturating_sub(from) < ONE_ROW_READ {
-            return self.read_range_as_one_row(from, to).await;
+            return self.read_range_as_one_row(from, to, convert).await;
         }
         let rows = sqlx::query(
             "SELECT position, id, stream, stream_version, type, occurred_at, data, metadata \
@@ -398,7 +417,7 @@ impl EventLog {
         .bind(to.min(i64::MAX as u64) as i64)
         .fetch_all(self.db.pool())
         .await?;
-        rows.iter().map(decode_event).collect()
+        rows.iter().map(|r| convert(stored_row(r)?)).collect()
     }
 
     /// [`read_range`](Self::read_range) on SQLite for a page-sized range: the rows come
@@ -407,11 +426,12 @@ impl EventLog {
     /// hand-overs (with the conversion of each row to an `AnyRow`) were half the cost of
     /// reading a page of 200 events. The stored `data` and `metadata` texts travel as
     /// JSON strings, so they are decoded from exactly the stored text, as row by row.
-    async fn read_range_as_one_row(
+    async fn read_range_as_one_row<T>(
         &self,
         from: Position,
         to: Position,
-    ) -> Result<Vec<Event>, StoreError> {
+        convert: fn(Stored) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
         let text: String = sqlx::query_scalar(
             "SELECT json_group_array(json_array(position, id, stream, stream_version, type, \
              occurred_at, data, metadata)) FROM (SELECT * FROM feed_events \
@@ -425,7 +445,7 @@ impl EventLog {
             position: from as i64,
             reason: format!("the rows of {from}..={to} as JSON: {e}"),
         })?;
-        rows.into_iter().map(Stored::into_event).collect()
+        rows.into_iter().map(convert).collect()
     }
 
     /// The event at `position`, if any.
@@ -1066,10 +1086,11 @@ fn placeholders(backend: Backend, first: usize, n: usize) -> String {
 struct Stored(i64, String, String, i64, String, String, String, String);
 
 impl Stored {
-    fn into_event(self) -> Result<Event, StoreError> {
+    /// The event with `null` data and metadata, and its data and metadata texts.
+    fn into_parts(self) -> Result<(Event, String, String), StoreError> {
         let Stored(position, id, stream, version, event_type, occurred_at, data, metadata) = self;
         let corrupt = |reason: String| StoreError::Corrupt { position, reason };
-        Ok(Event {
+        let event = Event {
             position: position as Position,
             id: Uuid::parse_str(&id).map_err(|e| corrupt(format!("id: {e}")))?,
             stream: StreamId::parse(stream).map_err(|e| corrupt(e.to_string()))?,
@@ -1078,15 +1099,46 @@ impl Stored {
             occurred_at: DateTime::parse_from_rfc3339(&occurred_at)
                 .map_err(|e| corrupt(format!("occurred_at: {e}")))?
                 .with_timezone(&Utc),
-            data: serde_json::from_str(&data).map_err(|e| corrupt(format!("data: {e}")))?,
-            metadata: serde_json::from_str(&metadata)
-                .map_err(|e| corrupt(format!("metadata: {e}")))?,
+            data: serde_json::Value::Null,
+            metadata: serde_json::Value::Null,
+        };
+        Ok((event, data, metadata))
+    }
+
+    fn into_event(self) -> Result<Event, StoreError> {
+        let (mut event, data, metadata) = self.into_parts()?;
+        let corrupt = |reason: String| StoreError::Corrupt {
+            position: event.position as i64,
+            reason,
+        };
+        event.data = serde_json::from_str(&data).map_err(|e| corrupt(format!("data: {e}")))?;
+        event.metadata =
+            serde_json::from_str(&metadata).map_err(|e| corrupt(format!("metadata: {e}")))?;
+        Ok(event)
+    }
+
+    /// The event with its JSON texts checked (so a page is never rendered with text
+    /// that is not JSON) but not decoded.
+    fn into_stored_event(self) -> Result<StoredEvent, StoreError> {
+        let (head, data, metadata) = self.into_parts()?;
+        let corrupt = |reason: String| StoreError::Corrupt {
+            position: head.position as i64,
+            reason,
+        };
+        serde_json::from_str::<serde::de::IgnoredAny>(&data)
+            .map_err(|e| corrupt(format!("data: {e}")))?;
+        serde_json::from_str::<serde::de::IgnoredAny>(&metadata)
+            .map_err(|e| corrupt(format!("metadata: {e}")))?;
+        Ok(StoredEvent {
+            head,
+            data,
+            metadata,
         })
     }
 }
 
-fn decode_event(row: &AnyRow) -> Result<Event, StoreError> {
-    Stored(
+fn stored_row(row: &AnyRow) -> Result<Stored, StoreError> {
+    Ok(Stored(
         row.try_get(0)?,
         row.try_get(1)?,
         row.try_get(2)?,
@@ -1095,6 +1147,9 @@ fn decode_event(row: &AnyRow) -> Result<Event, StoreError> {
         row.try_get(5)?,
         row.try_get(6)?,
         row.try_get(7)?,
-    )
-    .into_event()
+    ))
+}
+
+fn decode_event(row: &AnyRow) -> Result<Event, StoreError> {
+    stored_row(row)?.into_event()
 }

@@ -452,7 +452,8 @@ async fn a_range_read_in_one_row_gives_the_same_events_as_row_by_row() {
         serde_json::json!({ "quote": "\"", "backslash": "\\", "slash": "/" }),
         serde_json::json!({ "nul": "\u{0}", "controls": "\u{1}\t\n\r\u{1f}", "del": "\u{7f}" }),
         serde_json::json!({ "bmp": "é ✓ \u{2028}\u{2029}", "astral": "🦀", "nonchar": "\u{fffe}" }),
-        serde_json::json!({ "big": u64::MAX, "neg": i64::MIN, "float": 1e300, "tiny": 5e-324 }),
+        // The last one reads back one bit off without serde_json's float_roundtrip.
+        serde_json::json!({ "big": u64::MAX, "neg": i64::MIN, "float": 1e300, "tiny": 5e-324, "exact": 2.8159947423473533e-81 }),
         serde_json::json!({ "nested": { "list": [1, [2, [3]], { "k": null }], "empty": {} } }),
         serde_json::json!({ "sql": "'); DROP TABLE feed_events; --", "json": "[\"not\", \"parsed\"]" }),
     ];
