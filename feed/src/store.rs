@@ -1107,13 +1107,8 @@ impl Stored {
 
     fn into_event(self) -> Result<Event, StoreError> {
         let (mut event, data, metadata) = self.into_parts()?;
-        let corrupt = |reason: String| StoreError::Corrupt {
-            position: event.position as i64,
-            reason,
-        };
-        event.data = serde_json::from_str(&data).map_err(|e| corrupt(format!("data: {e}")))?;
-        event.metadata =
-            serde_json::from_str(&metadata).map_err(|e| corrupt(format!("metadata: {e}")))?;
+        event.data = stored_json(&event, "data", &data)?;
+        event.metadata = stored_json(&event, "metadata", &metadata)?;
         Ok(event)
     }
 
@@ -1121,20 +1116,26 @@ impl Stored {
     /// that is not JSON) but not decoded.
     fn into_stored_event(self) -> Result<StoredEvent, StoreError> {
         let (head, data, metadata) = self.into_parts()?;
-        let corrupt = |reason: String| StoreError::Corrupt {
-            position: head.position as i64,
-            reason,
-        };
-        serde_json::from_str::<serde::de::IgnoredAny>(&data)
-            .map_err(|e| corrupt(format!("data: {e}")))?;
-        serde_json::from_str::<serde::de::IgnoredAny>(&metadata)
-            .map_err(|e| corrupt(format!("metadata: {e}")))?;
+        stored_json::<serde::de::IgnoredAny>(&head, "data", &data)?;
+        stored_json::<serde::de::IgnoredAny>(&head, "metadata", &metadata)?;
         Ok(StoredEvent {
             head,
             data,
             metadata,
         })
     }
+}
+
+/// The stored JSON text `what` of `event`, read as `T`.
+fn stored_json<T: serde::de::DeserializeOwned>(
+    event: &Event,
+    what: &str,
+    text: &str,
+) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
+        position: event.position as i64,
+        reason: format!("{what}: {e}"),
+    })
 }
 
 fn stored_row(row: &AnyRow) -> Result<Stored, StoreError> {
