@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use feed::subscriber::{Handler, Progress, Subscriber, SubscriberConfig};
-use feed::{Event, EventLog, Expected, FeedConfig, FeedServer};
+use feed::{Event, EventLog, Expected, FeedConfig, FeedServer, Mirror};
 use futures::future::BoxFuture;
 use sqlx::AnyConnection;
 
@@ -119,27 +119,6 @@ async fn filled_log(path: &Path, page_size: u64, events: u64) -> anyhow::Result<
 
 // ---------------------------------------------------------------------------
 // P1: replay into an empty replica
-
-/// Mirrors a feed into a local log, as `feedctl replay` does: one transaction per
-/// page, events imported with their positions and ids.
-struct Mirror(EventLog);
-
-impl Handler for Mirror {
-    fn handle<'a>(
-        &'a self,
-        tx: &'a mut AnyConnection,
-        e: &'a Event,
-    ) -> BoxFuture<'a, anyhow::Result<()>> {
-        self.handle_batch(tx, std::slice::from_ref(e))
-    }
-    fn handle_batch<'a>(
-        &'a self,
-        tx: &'a mut AnyConnection,
-        events: &'a [Event],
-    ) -> BoxFuture<'a, anyhow::Result<()>> {
-        Box::pin(async move { Ok(self.0.import(tx, events).await?) })
-    }
-}
 
 struct Replayed {
     events_per_sec: f64,

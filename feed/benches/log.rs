@@ -12,12 +12,10 @@
 use std::time::Instant;
 
 use feed::db::Database;
-use feed::event::{Event, EventType, NewEvent, StreamId};
+use feed::event::{EventType, NewEvent, StreamId};
 use feed::server::{FeedConfig, FeedServer};
 use feed::store::{EventLog, Expected};
-use feed::subscriber::{Handler, Progress, Subscriber, SubscriberConfig};
-use futures::future::BoxFuture;
-use sqlx::AnyConnection;
+use feed::subscriber::{Mirror, Progress, Subscriber, SubscriberConfig};
 
 fn events(n: u64) -> Vec<NewEvent> {
     (0..n)
@@ -33,25 +31,6 @@ fn events(n: u64) -> Vec<NewEvent> {
             )
         })
         .collect()
-}
-
-struct Mirror(EventLog);
-
-impl Handler for Mirror {
-    fn handle<'a>(
-        &'a self,
-        tx: &'a mut AnyConnection,
-        e: &'a Event,
-    ) -> BoxFuture<'a, anyhow::Result<()>> {
-        self.handle_batch(tx, std::slice::from_ref(e))
-    }
-    fn handle_batch<'a>(
-        &'a self,
-        tx: &'a mut AnyConnection,
-        events: &'a [Event],
-    ) -> BoxFuture<'a, anyhow::Result<()>> {
-        Box::pin(async move { Ok(self.0.import(tx, events).await?) })
-    }
 }
 
 /// A multi-row INSERT of `rows` rows into the baseline table.

@@ -32,7 +32,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::event::{Event, EventType, Position, StreamId};
+use crate::event::{Event, EventType, Json, Position, StreamId};
 
 /// The Atom namespace.
 pub const ATOM_NS: &str = "http://www.w3.org/2005/Atom";
@@ -114,67 +114,17 @@ pub struct FeedMeta<'a> {
     pub prev_archive_digest: Option<&'a str>,
 }
 
-/// An event as the writer takes it: its fields, and its `data` and `metadata` as
-/// compact JSON text.
-pub(crate) trait AsEntry {
-    /// The event (its `data` and `metadata` may be placeholders: see below).
-    fn event(&self) -> &Event;
-    /// `data` as compact JSON text.
-    fn data_json(&self) -> Cow<'_, str>;
-    /// `metadata` as compact JSON text.
-    fn metadata_json(&self) -> Cow<'_, str>;
-}
-
-impl AsEntry for Event {
-    fn event(&self) -> &Event {
-        self
-    }
-    fn data_json(&self) -> Cow<'_, str> {
-        Cow::Owned(compact(&self.data))
-    }
-    fn metadata_json(&self) -> Cow<'_, str> {
-        Cow::Owned(compact(&self.metadata))
-    }
-}
-
-/// An event read from the log with its `data` and `metadata` still the text the log
-/// stored, checked to be JSON but not decoded: what a page render needs. The log
-/// stores each value's compact serialization, and serializing the value decoded from
-/// that text gives the same text, so a page renders to the same bytes either way
-/// (test `sealed_pages_render_the_same_bytes_from_stored_text_as_from_decoded_events`).
-#[derive(Debug, Clone)]
-pub(crate) struct StoredEvent {
-    /// The event's other fields; its `data` and `metadata` are `null`.
-    pub head: Event,
-    /// `data` as stored.
-    pub data: String,
-    /// `metadata` as stored.
-    pub metadata: String,
-}
-
-impl AsEntry for StoredEvent {
-    fn event(&self) -> &Event {
-        &self.head
-    }
-    fn data_json(&self) -> Cow<'_, str> {
-        Cow::Borrowed(&self.data)
-    }
-    fn metadata_json(&self) -> Cow<'_, str> {
-        Cow::Borrowed(&self.metadata)
-    }
-}
-
-fn compact(v: &serde_json::Value) -> String {
-    serde_json::to_string(v).expect("a serde_json::Value always serializes")
-}
-
 /// Renders a feed document; `entries` oldest first (they are written newest first).
 pub fn render_feed(meta: &FeedMeta<'_>, entries: &[Event]) -> String {
     render_feed_of(meta, entries)
 }
 
-/// [`render_feed`] for any kind of entry.
-pub(crate) fn render_feed_of<E: AsEntry>(meta: &FeedMeta<'_>, entries: &[E]) -> String {
+/// [`render_feed`] for events however they hold their JSON: a sealed page renders
+/// from the text the log stored, checked to be JSON but not decoded. The log stores
+/// each value's compact serialization, and serializing the value decoded from that
+/// text gives the same text, so a page renders to the same bytes either way (test
+/// `sealed_pages_render_the_same_bytes_from_stored_text_as_from_decoded_events`).
+pub(crate) fn render_feed_of<J: Json>(meta: &FeedMeta<'_>, entries: &[Event<J>]) -> String {
     let mut out = String::with_capacity(1024 + entries.len() * 700);
     out.push_str("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n");
     let _ = write!(
@@ -185,9 +135,7 @@ pub(crate) fn render_feed_of<E: AsEntry>(meta: &FeedMeta<'_>, entries: &[E]) -> 
     out.push_str("</id>\n<title type=\"text\">");
     escape_text(&mut out, meta.title);
     out.push_str("</title>\n<updated>");
-    let updated = entries
-        .last()
-        .map_or(meta.empty_updated, |e| e.event().occurred_at);
+    let updated = entries.last().map_or(meta.empty_updated, |e| e.occurred_at);
     out.push_str(&format_time(&updated));
     out.push_str("</updated>\n<author><name>");
     escape_text(&mut out, meta.author);
@@ -212,7 +160,12 @@ pub(crate) fn render_feed_of<E: AsEntry>(meta: &FeedMeta<'_>, entries: &[E]) -> 
 }
 
 /// Renders one event as an Atom entry document.
-pub fn render_entry(event: &Event, author: &str, base_url: &str, links: &Links) -> String {
+pub fn render_entry<J: Json>(
+    event: &Event<J>,
+    author: &str,
+    base_url: &str,
+    links: &Links,
+) -> String {
     let mut out = String::with_capacity(1024);
     out.push_str("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n");
     write_entry(&mut out, event, base_url, Some(author), Some(links));
@@ -230,14 +183,13 @@ fn write_links(out: &mut String, links: &Links) {
     }
 }
 
-fn write_entry(
+fn write_entry<J: Json>(
     out: &mut String,
-    entry: &impl AsEntry,
+    e: &Event<J>,
     base_url: &str,
     author: Option<&str>,
     links: Option<&Links>,
 ) {
-    let e = entry.event();
     if author.is_some() {
         let _ = writeln!(out, "<entry xmlns=\"{ATOM_NS}\" xmlns:ev=\"{EV_NS}\">");
     } else {
@@ -270,21 +222,57 @@ fn write_entry(
         "<ev:position>{}</ev:position>\n<ev:stream>{}</ev:stream>\n<ev:streamVersion>{}</ev:streamVersion>\n<ev:metadata>",
         e.position, e.stream, e.stream_version
     );
-    push_escaped_json(out, &entry.metadata_json());
+    push_escaped_json(out, &e.metadata.json_text());
     out.push_str("</ev:metadata>\n<content type=\"text\" ev:type=\"application/json\">");
-    push_escaped_json(out, &entry.data_json());
+    push_escaped_json(out, &e.data.json_text());
     out.push_str("</content>\n</entry>\n");
 }
 
 /// RFC 3339, UTC, microseconds: the exact form the log stores.
+///
+/// Written digit by digit: every event written to the log or to a page is formatted,
+/// and chrono's `format` parses its pattern again on each call. Years outside
+/// 0000-9999 and leap seconds take chrono's formatting (test
+/// `times_format_exactly_as_the_strftime_pattern`).
 pub fn format_time(t: &DateTime<Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+    use chrono::{Datelike, Timelike};
+    let nanos = t.nanosecond();
+    if !(0..=9999).contains(&t.year()) || nanos >= 1_000_000_000 {
+        return t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+    }
+    let mut out = [0u8; 27];
+    let mut put = |at: usize, width: u32, value: u32| {
+        for i in 0..width {
+            out[at + i as usize] = b'0' + (value / 10u32.pow(width - 1 - i) % 10) as u8;
+        }
+    };
+    put(0, 4, t.year() as u32);
+    put(5, 2, t.month());
+    put(8, 2, t.day());
+    put(11, 2, t.hour());
+    put(14, 2, t.minute());
+    put(17, 2, t.second());
+    put(20, 6, nanos / 1000);
+    for (at, c) in [
+        (4, b'-'),
+        (7, b'-'),
+        (10, b'T'),
+        (13, b':'),
+        (16, b':'),
+        (19, b'.'),
+        (26, b'Z'),
+    ] {
+        out[at] = c;
+    }
+    String::from_utf8(out.to_vec()).expect("ASCII digits and separators")
 }
 
-/// Compact JSON text, XML-escaped. serde_json already escapes the C0 controls; the
-/// two other code points XML 1.0 forbids that can occur in a Rust string (U+FFFE,
-/// U+FFFF) can only sit inside JSON strings, where `\uXXXX` is an exact equivalent.
-/// The runs between the few characters that need escaping are copied as slices.
+/// JSON text, XML-escaped. Valid JSON holds no C0 control but the whitespace
+/// between tokens (serde_json's compact text none at all); of that, a carriage return
+/// is written `&#13;`, since XML readers turn a literal one into a line feed. The two
+/// other code points XML 1.0 forbids that can occur in a Rust string (U+FFFE, U+FFFF)
+/// can only sit inside JSON strings, where `\uXXXX` is an exact equivalent. The runs
+/// between the few characters that need escaping are copied as slices.
 fn push_escaped_json(out: &mut String, json: &str) {
     let bytes = json.as_bytes();
     let (mut copied, mut i) = (0, 0);
@@ -294,6 +282,7 @@ fn push_escaped_json(out: &mut String, json: &str) {
             b'&' => ("&amp;", 1),
             b'<' => ("&lt;", 1),
             b'>' => ("&gt;", 1),
+            b'\r' => ("&#13;", 1),
             0xEF if bytes.get(i + 1) == Some(&0xBF) => match bytes.get(i + 2) {
                 Some(0xBE) => ("\\ufffe", 3),
                 Some(0xBF) => ("\\uffff", 3),
@@ -353,9 +342,10 @@ fn err<T>(msg: impl Into<String>) -> Result<T, AtomError> {
     Err(AtomError(msg.into()))
 }
 
-/// A feed document as the subscriber sees it.
+/// A feed document as the subscriber sees it; `J` is how its entries hold their JSON
+/// (see [`Event`]).
 #[derive(Debug, Clone, PartialEq)]
-pub struct ParsedFeed {
+pub struct ParsedFeed<J = serde_json::Value> {
     /// Navigation links.
     pub links: Links,
     /// Whether it declares itself a sealed archive page.
@@ -365,7 +355,7 @@ pub struct ParsedFeed {
     /// The digest of the `prev-archive` page's bytes, as the producer recorded it.
     pub prev_archive_digest: Option<String>,
     /// Entries, oldest first.
-    pub entries: Vec<Event>,
+    pub entries: Vec<Event<J>>,
 }
 
 /// The most bytes a document may have before the reader refuses it (a 1000-event page
@@ -386,6 +376,24 @@ pub fn parse_feed(xml: &str) -> Result<ParsedFeed, AtomError> {
 /// This is what a caught-up subscriber wants of a head that holds one new entry
 /// among a page of old ones.
 pub fn parse_feed_after(xml: &str, after: Position) -> Result<ParsedFeed, AtomError> {
+    parse_feed_with(xml, after, decoded)
+}
+
+/// How the reader turns the text of an entry's `content` or `ev:metadata` into the
+/// entry's JSON.
+pub(crate) type JsonFrom<J> = fn(Cow<'_, str>) -> Result<J, serde_json::Error>;
+
+/// The JSON decoded.
+fn decoded(text: Cow<'_, str>) -> Result<serde_json::Value, serde_json::Error> {
+    serde_json::from_str(&text)
+}
+
+/// [`parse_feed_after`], reading each entry's JSON with `json`.
+pub(crate) fn parse_feed_with<J>(
+    xml: &str,
+    after: Position,
+    json: JsonFrom<J>,
+) -> Result<ParsedFeed<J>, AtomError> {
     if xml.len() > MAX_DOCUMENT_BYTES {
         return err("document too large");
     }
@@ -419,7 +427,7 @@ pub fn parse_feed_after(xml: &str, after: Position) -> Result<ParsedFeed, AtomEr
             (Some(ATOM_NS), "link") => read_link(child, &mut feed.links),
             (Some(ATOM_NS), "entry") => match entry_position(child) {
                 Some(p) if (1..=after).contains(&p) => newest_skipped = newest_skipped.max(p),
-                _ => feed.entries.push(read_entry(child)?),
+                _ => feed.entries.push(read_entry(child, json)?),
             },
             (Some(FH_NS), "archive") => feed.archive = true,
             (Some(EV_NS), "headPosition") => {
@@ -461,7 +469,7 @@ pub fn parse_entry(xml: &str) -> Result<Event, AtomError> {
     if !is(root, ATOM_NS, "entry") {
         return err("the root element is not atom:entry");
     }
-    read_entry(root)
+    read_entry(root, decoded)
 }
 
 fn is(node: roxmltree::Node<'_, '_>, ns: &str, name: &str) -> bool {
@@ -525,7 +533,7 @@ fn entry_position(node: roxmltree::Node<'_, '_>) -> Option<Position> {
         .and_then(|c| parse_num(c, "ev:position").ok())
 }
 
-fn read_entry(node: roxmltree::Node<'_, '_>) -> Result<Event, AtomError> {
+fn read_entry<J>(node: roxmltree::Node<'_, '_>, json: JsonFrom<J>) -> Result<Event<J>, AtomError> {
     let mut id = None;
     let mut title = None;
     let mut updated = None;
@@ -570,16 +578,13 @@ fn read_entry(node: roxmltree::Node<'_, '_>) -> Result<Event, AtomError> {
     let stream = StreamId::parse(stream.ok_or_else(|| missing("ev:stream"))?.trim())
         .map_err(|e| AtomError(e.to_string()))?;
     let data = data.ok_or_else(|| missing("atom:content"))?;
-    let data: serde_json::Value = serde_json::from_str(&data).map_err(|e| {
+    let data = json(data).map_err(|e| {
         AtomError(format!(
             "entry at position {position}: content is not JSON: {e}"
         ))
     })?;
-    let metadata = match metadata {
-        Some(m) => serde_json::from_str(&m)
-            .map_err(|e| AtomError(format!("entry at position {position}: ev:metadata: {e}")))?,
-        None => serde_json::Value::Object(Default::default()),
-    };
+    let metadata = json(metadata.unwrap_or(Cow::Borrowed("{}")))
+        .map_err(|e| AtomError(format!("entry at position {position}: ev:metadata: {e}")))?;
     if position == 0 {
         return err("entry at position 0");
     }
@@ -607,6 +612,7 @@ mod tests {
                 '&' => out.push_str("&amp;"),
                 '<' => out.push_str("&lt;"),
                 '>' => out.push_str("&gt;"),
+                '\r' => out.push_str("&#13;"),
                 '\u{FFFE}' => out.push_str("\\ufffe"),
                 '\u{FFFF}' => out.push_str("\\uffff"),
                 c => out.push(c),
@@ -618,7 +624,7 @@ mod tests {
     proptest! {
         #[test]
         fn json_is_escaped_exactly_as_character_by_character(
-            s in "(\\PC|[&<>\u{FFFE}\u{FFFF}\u{FFFD}\u{EFBF}\u{FEFF}\u{10FFFF}])*"
+            s in "(\\PC|[&<>\r\n\t\u{FFFE}\u{FFFF}\u{FFFD}\u{EFBF}\u{FEFF}\u{10FFFF}])*"
         ) {
             let mut out = String::from("x");
             super::push_escaped_json(&mut out, &s);
@@ -704,7 +710,7 @@ mod tests {
         };
         // Both read paths: one row for the whole range, and row by row.
         for (from, to) in [(1, 400), (1, crate::store::ONE_ROW_READ + 1)] {
-            let stored = log.read_range_stored(from, to).await.expect("stored");
+            let stored = log.read_range_raw(from, to).await.expect("stored");
             let decoded = log.read_range(from, to).await.expect("decoded");
             assert_eq!(stored.len(), 400);
             let (a, b) = (
@@ -728,10 +734,28 @@ mod tests {
         }
     }
 
+    proptest! {
+        #[test]
+        fn times_format_exactly_as_the_strftime_pattern(
+            secs in -70_000_000_000i64..300_000_000_000i64,
+            nanos in 0u32..2_000_000_000,
+        ) {
+            if let Some(t) = chrono::DateTime::<chrono::Utc>::from_timestamp(secs, nanos) {
+                prop_assert_eq!(
+                    super::format_time(&t),
+                    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+                );
+            }
+        }
+    }
+
     #[test]
     fn escaping_json_covers_every_replaced_character() {
         let mut out = String::new();
-        super::push_escaped_json(&mut out, "a&b<c>d\u{FFFE}e\u{FFFF}f\u{FFFD}\u{FEFF}");
-        assert_eq!(out, "a&amp;b&lt;c&gt;d\\ufffee\\ufffff\u{FFFD}\u{FEFF}");
+        super::push_escaped_json(&mut out, "a&b<c>d\u{FFFE}e\u{FFFF}f\u{FFFD}\u{FEFF}\r\n\t");
+        assert_eq!(
+            out,
+            "a&amp;b&lt;c&gt;d\\ufffee\\ufffff\u{FFFD}\u{FEFF}&#13;\n\t"
+        );
     }
 }

@@ -1,15 +1,21 @@
 //! The event as stored, published and read back, and the validated names it carries.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 /// A 1-based position in a log. Position 0 means "before the first event".
 pub type Position = u64;
 
 /// An event as it sits in a log: immutable once appended.
+///
+/// `J` is how its `data` and `metadata` are held: decoded (`serde_json::Value`, the
+/// default) or as the JSON text they were stored or published as ([`RawEvent`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Event {
+pub struct Event<J = serde_json::Value> {
     /// Gapless, commit-ordered, from 1.
     pub position: Position,
     /// The producer's idempotency key.
@@ -24,9 +30,85 @@ pub struct Event {
     /// When it happened (UTC, microsecond precision).
     pub occurred_at: DateTime<Utc>,
     /// The business payload, a JSON object.
-    pub data: serde_json::Value,
+    pub data: J,
     /// Correlation / causation ids, schema version and other hints.
-    pub metadata: serde_json::Value,
+    pub metadata: J,
+}
+
+/// An event whose `data` and `metadata` are the JSON text they came in, checked to be
+/// JSON but not decoded. A mirror that stores events as it reads them takes these
+/// (see [`crate::subscriber::Handler::takes_raw`]): it skips building a
+/// `serde_json::Value` for every event and writing it back out as text, and it keeps
+/// the exact text the producer published.
+pub type RawEvent = Event<Box<RawValue>>;
+
+impl<J> Event<J> {
+    /// The same event with its `data` and `metadata` converted by `f`, which is given
+    /// the field's name (`"data"`, `"metadata"`) with its value.
+    pub fn try_map_json<K, E>(
+        self,
+        mut f: impl FnMut(&'static str, J) -> Result<K, E>,
+    ) -> Result<Event<K>, E> {
+        Ok(Event {
+            position: self.position,
+            id: self.id,
+            stream: self.stream,
+            stream_version: self.stream_version,
+            event_type: self.event_type,
+            occurred_at: self.occurred_at,
+            data: f("data", self.data)?,
+            metadata: f("metadata", self.metadata)?,
+        })
+    }
+
+    /// The event borrowing its `data` and `metadata`.
+    fn json_by_ref(&self) -> Event<&J> {
+        Event {
+            position: self.position,
+            id: self.id,
+            stream: self.stream.clone(),
+            stream_version: self.stream_version,
+            event_type: self.event_type.clone(),
+            occurred_at: self.occurred_at,
+            data: &self.data,
+            metadata: &self.metadata,
+        }
+    }
+}
+
+impl Event {
+    /// The event with its JSON as compact text.
+    pub fn to_raw(&self) -> RawEvent {
+        self.json_by_ref()
+            .try_map_json(|_, v| serde_json::value::to_raw_value(v))
+            .expect("a serde_json::Value always serializes")
+    }
+}
+
+impl RawEvent {
+    /// The event with its JSON decoded.
+    pub fn decode(&self) -> Result<Event, serde_json::Error> {
+        self.json_by_ref()
+            .try_map_json(|_, raw| serde_json::from_str(raw.get()))
+    }
+}
+
+/// How an [`Event`] holds its JSON: what the log and the Atom writer need of it.
+pub trait Json {
+    /// The value as compact JSON text (borrowed when it is already text).
+    fn json_text(&self) -> Cow<'_, str>;
+}
+
+impl Json for serde_json::Value {
+    fn json_text(&self) -> Cow<'_, str> {
+        Cow::Owned(serde_json::to_string(self).expect("a serde_json::Value always serializes"))
+    }
+}
+
+impl Json for Box<RawValue> {
+    fn json_text(&self) -> Cow<'_, str> {
+        Cow::Borrowed(self.get())
+    }
 }
 
 /// An event a producer wants to append. The log gives it a position and a stream

@@ -95,10 +95,10 @@ pub mod subscriber;
 pub mod testing;
 
 pub use db::Database;
-pub use event::{Event, EventType, NewEvent, Position, StreamId};
+pub use event::{Event, EventType, NewEvent, Position, RawEvent, StreamId};
 pub use server::{FeedConfig, FeedServer};
 pub use store::{AppendError, EventLog, Expected, StoreError};
-pub use subscriber::{Handler, Progress, Subscriber, SubscriberConfig};
+pub use subscriber::{Handler, Mirror, Progress, Subscriber, SubscriberConfig};
 
 /// Entries per sealed page unless configured otherwise. Chosen from the replay
 /// measurement in the README ("Page size").

@@ -76,8 +76,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
-use crate::atom::{self, AsEntry, FeedMeta, Links, StoredEvent};
-use crate::event::{Event, Position, StreamId};
+use crate::atom::{self, FeedMeta, Links};
+use crate::event::{Event, Json, Position, RawEvent, StreamId};
 use crate::html;
 use crate::negotiate::{self, Coding, Format};
 use crate::page::{Doc, PageLayout, PageRange, parse_position};
@@ -346,21 +346,19 @@ impl FeedServer {
 
     /// [`Self::read_sealed`] with the JSON left as the stored text, for the Atom
     /// render.
-    async fn read_sealed_stored(&self, range: PageRange) -> Result<Vec<StoredEvent>, StoreError> {
-        let entries = self
-            .inner
-            .log
-            .read_range_stored(range.from, range.to)
-            .await?;
+    async fn read_sealed_raw(&self, range: PageRange) -> Result<Vec<RawEvent>, StoreError> {
+        let entries = self.inner.log.read_range_raw(range.from, range.to).await?;
         check_sealed(range, entries)
     }
 
-    /// The event at `position`, known to be at or below the head.
-    async fn read_event_below_head(&self, position: Position) -> Result<Event, StoreError> {
+    /// The event at `position`, known to be at or below the head, with its JSON as
+    /// the stored text.
+    async fn read_event_below_head(&self, position: Position) -> Result<RawEvent, StoreError> {
         self.inner
             .log
-            .read_event(position)
+            .read_range_raw(position, position)
             .await?
+            .pop()
             .ok_or(StoreError::Corrupt {
                 position: position as i64,
                 reason: "missing below the head".into(),
@@ -396,7 +394,7 @@ impl FeedServer {
             }
         };
         loop {
-            let entries = self.read_sealed_stored(next).await?;
+            let entries = self.read_sealed_raw(next).await?;
             let nav = layout.page_navigation(next);
             let doc = self.render_page(
                 Which::Log,
@@ -461,7 +459,7 @@ impl FeedServer {
 
     /// The links of the entry document of `event`: `up` is its sealed page, or the
     /// head while that page is being filled.
-    fn event_links(&self, position: Position, event: &Event, head: Position) -> Links {
+    fn event_links<J>(&self, position: Position, event: &Event<J>, head: Position) -> Links {
         Links {
             this: Some(format!("{}/feed/events/{position}", self.inner.base)),
             current: Some(self.url(Doc::Head)),
@@ -520,7 +518,7 @@ impl FeedServer {
         &self,
         which: Which<'_>,
         nav: &crate::page::Navigation,
-        entries: &[impl AsEntry],
+        entries: &[Event<impl Json>],
         head: Option<Position>,
         empty_updated: DateTime<Utc>,
         prev_archive_digest: Option<&str>,
@@ -555,6 +553,19 @@ impl FeedServer {
             entries,
         )
     }
+}
+
+/// Events read with their JSON as the stored text, decoded (for the HTML views).
+fn decoded(entries: &[RawEvent]) -> Result<Vec<Event>, StoreError> {
+    entries
+        .iter()
+        .map(|e| {
+            e.decode().map_err(|err| StoreError::Corrupt {
+                position: e.position as i64,
+                reason: err.to_string(),
+            })
+        })
+        .collect()
 }
 
 /// `entries` if they are all of sealed page `range`: a page with a hole would be
@@ -954,7 +965,7 @@ async fn serve_head(
     }
     let layout = s.layout();
     let start = layout.head_start(head);
-    let entries = s.inner.log.read_range(start, head).await?;
+    let entries = s.inner.log.read_range_raw(start, head).await?;
     if entries.len() as u64 != (head + 1 - start) {
         return Err(FeedError::Unavailable(Arc::new(StoreError::Corrupt {
             position: start as i64,
@@ -982,7 +993,14 @@ async fn serve_head(
                 prev.as_deref(),
             )
         }
-        Format::Html => s.render_html_page(Which::Log, &nav, &entries, start, head, Some(&etag)),
+        Format::Html => s.render_html_page(
+            Which::Log,
+            &nav,
+            &decoded(&entries)?,
+            start,
+            head,
+            Some(&etag),
+        ),
     };
     let links = s.links(&nav, |d| s.url(d)).to_header();
     let body = encode(doc.into_bytes(), w.coding, Effort::Brief).await;
@@ -1051,7 +1069,7 @@ async fn archive(
                         nav.prev.map(|p| p.from),
                         range.from,
                     );
-                    let (entries, digests) = tokio::join!(s2.read_sealed_stored(range), digests);
+                    let (entries, digests) = tokio::join!(s2.read_sealed_raw(range), digests);
                     let (entries, (prev, recorded)) = (entries?, digests?);
                     let prev = match (nav.prev, prev) {
                         (Some(_), Some(d)) => Some(d),
@@ -1131,7 +1149,7 @@ async fn event(
             service: &s.inner.name,
             base: &s.inner.base,
             home: s.inner.home.as_deref(),
-            event: &event,
+            event: &decoded(std::slice::from_ref(&event))?.remove(0),
             page_url: &page_url,
             has_next: position < head,
         });
@@ -1208,7 +1226,7 @@ async fn stream_head(
         return Ok(not_modified(common));
     }
     let start = layout.head_start(version);
-    let entries = s.inner.log.read_stream(&stream, start, version).await?;
+    let entries = s.inner.log.read_stream_raw(&stream, start, version).await?;
     let nav = layout.head_navigation(version);
     let doc = match w.format {
         Format::Atom => s.render_page(
@@ -1219,9 +1237,14 @@ async fn stream_head(
             DateTime::<Utc>::UNIX_EPOCH,
             None,
         ),
-        Format::Html => {
-            s.render_html_page(Which::Stream(&stream), &nav, &entries, start, version, None)
-        }
+        Format::Html => s.render_html_page(
+            Which::Stream(&stream),
+            &nav,
+            &decoded(&entries)?,
+            start,
+            version,
+            None,
+        ),
     };
     let links = s.links(&nav, |d| s.stream_url(&stream, d)).to_header();
     let body = encode(doc.into_bytes(), w.coding, Effort::Brief).await;
@@ -1263,7 +1286,11 @@ async fn stream_archive(
         .try_get_with(
             DocKey::StreamPage(stream.clone(), range, w.format, w.coding),
             async move {
-                let entries = s2.inner.log.read_stream(&st, range.from, range.to).await?;
+                let entries = s2
+                    .inner
+                    .log
+                    .read_stream_raw(&st, range.from, range.to)
+                    .await?;
                 let nav = layout.page_navigation(range);
                 let doc = match w.format {
                     Format::Atom => s2.render_page(
@@ -1277,7 +1304,7 @@ async fn stream_archive(
                     Format::Html => s2.render_html_page(
                         Which::Stream(&st),
                         &nav,
-                        &entries,
+                        &decoded(&entries)?,
                         range.from,
                         range.to,
                         None,

@@ -32,19 +32,21 @@
 //! a single connection and no other process, so there the task reads the head
 //! through the log's own pool instead.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Connection, Row};
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
-use crate::atom::{StoredEvent, format_time};
+use crate::atom::format_time;
 use crate::db::{Backend, Database, DbError, FEED_MIGRATIONS, LocalCommits};
-use crate::event::{Event, EventType, NewEvent, Position, StreamId};
+use crate::event::{Event, EventType, Json, NewEvent, Position, RawEvent, StreamId};
 use crate::page::{PageLayout, Segment};
 
 const NOTIFY_CHANNEL: &str = "feed_appended";
@@ -249,12 +251,12 @@ impl EventLog {
             rows.push(Row8 {
                 position: head,
                 id: id.clone(),
-                stream: e.stream.as_str().to_owned(),
+                stream: e.stream.as_str(),
                 version: *v,
-                event_type: e.event_type.as_str().to_owned(),
+                event_type: e.event_type.as_str(),
                 occurred_at: format_time(&e.occurred_at),
-                data: e.data.to_string(),
-                metadata: e.metadata.to_string(),
+                data: e.data.json_text(),
+                metadata: e.metadata.json_text(),
             });
         }
         self.write_rows(tx, &rows, head).await?;
@@ -264,8 +266,13 @@ impl EventLog {
 
     /// Copies events from another log with their positions, ids and stream versions
     /// (what a mirror does). Events already present with the same id are skipped; a
-    /// different event at a taken position, or a gap, is an error.
-    pub async fn import(&self, tx: &mut AnyConnection, events: &[Event]) -> Result<(), StoreError> {
+    /// different event at a taken position, or a gap, is an error. [`RawEvent`]s are
+    /// stored with their JSON exactly as they hold it.
+    pub async fn import<J: Json>(
+        &self,
+        tx: &mut AnyConnection,
+        events: &[Event<J>],
+    ) -> Result<(), StoreError> {
         let mut head = lock_head(tx).await?;
         let mut rows = Vec::with_capacity(events.len());
         for e in events {
@@ -290,12 +297,12 @@ impl EventLog {
             rows.push(Row8 {
                 position: e.position,
                 id: e.id.to_string(),
-                stream: e.stream.as_str().to_owned(),
+                stream: e.stream.as_str(),
                 version: e.stream_version,
-                event_type: e.event_type.as_str().to_owned(),
+                event_type: e.event_type.as_str(),
                 occurred_at: format_time(&e.occurred_at),
-                data: e.data.to_string(),
-                metadata: e.metadata.to_string(),
+                data: e.data.json_text(),
+                metadata: e.metadata.json_text(),
             });
         }
         if !rows.is_empty() {
@@ -310,7 +317,7 @@ impl EventLog {
     async fn write_rows(
         &self,
         tx: &mut AnyConnection,
-        rows: &[Row8],
+        rows: &[Row8<'_>],
         head: Position,
     ) -> Result<(), sqlx::Error> {
         let postgres = self.db.backend() == Backend::Postgres;
@@ -390,14 +397,14 @@ impl EventLog {
         self.read_range_as(from, to, Stored::into_event).await
     }
 
-    /// [`read_range`](Self::read_range) with the JSON left as the stored text.
-    pub(crate) async fn read_range_stored(
+    /// [`read_range`](Self::read_range) with the JSON left as the text the log
+    /// stored, checked to be JSON but not decoded.
+    pub async fn read_range_raw(
         &self,
         from: Position,
         to: Position,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
-        self.read_range_as(from, to, Stored::into_stored_event)
-            .await
+    ) -> Result<Vec<RawEvent>, StoreError> {
+        self.read_range_as(from, to, Stored::into_raw_event).await
     }
 
     async fn read_range_as<T>(
@@ -460,6 +467,29 @@ impl EventLog {
         from: u64,
         to: u64,
     ) -> Result<Vec<Event>, StoreError> {
+        self.read_stream_as(stream, from, to, Stored::into_event)
+            .await
+    }
+
+    /// [`read_stream`](Self::read_stream) with the JSON left as the text the log
+    /// stored, checked to be JSON but not decoded.
+    pub async fn read_stream_raw(
+        &self,
+        stream: &StreamId,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<RawEvent>, StoreError> {
+        self.read_stream_as(stream, from, to, Stored::into_raw_event)
+            .await
+    }
+
+    async fn read_stream_as<T>(
+        &self,
+        stream: &StreamId,
+        from: u64,
+        to: u64,
+        convert: fn(Stored) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
         let rows = sqlx::query(
             "SELECT position, id, stream, stream_version, type, occurred_at, data, metadata \
              FROM feed_events WHERE stream = $1 AND stream_version >= $2 AND stream_version <= $3 \
@@ -470,7 +500,7 @@ impl EventLog {
         .bind(to.min(i64::MAX as u64) as i64)
         .fetch_all(self.db.pool())
         .await?;
-        rows.iter().map(decode_event).collect()
+        rows.iter().map(|r| convert(stored_row(r)?)).collect()
     }
 
     /// The stream's last version (0: no such stream).
@@ -1030,15 +1060,15 @@ async fn stream_versions<'a>(
     Ok(versions)
 }
 
-struct Row8 {
+struct Row8<'a> {
     position: Position,
     id: String,
-    stream: String,
+    stream: &'a str,
     version: u64,
-    event_type: String,
+    event_type: &'a str,
     occurred_at: String,
-    data: String,
-    metadata: String,
+    data: Cow<'a, str>,
+    metadata: Cow<'a, str>,
 }
 
 /// A multi-row INSERT of `n` rows, bound from `$1` by [`bind_rows`].
@@ -1052,17 +1082,17 @@ fn insert_sql(backend: Backend, n: usize) -> String {
     )
 }
 
-fn bind_rows<'q>(mut q: Query<'q>, rows: &'q [Row8]) -> Query<'q> {
+fn bind_rows<'q>(mut q: Query<'q>, rows: &'q [Row8<'_>]) -> Query<'q> {
     for r in rows {
         q = q
             .bind(r.position as i64)
             .bind(r.id.as_str())
-            .bind(r.stream.as_str())
+            .bind(r.stream)
             .bind(r.version as i64)
-            .bind(r.event_type.as_str())
+            .bind(r.event_type)
             .bind(r.occurred_at.as_str())
-            .bind(r.data.as_str())
-            .bind(r.metadata.as_str());
+            .bind(r.data.as_ref())
+            .bind(r.metadata.as_ref());
     }
     q
 }
@@ -1086,11 +1116,11 @@ fn placeholders(backend: Backend, first: usize, n: usize) -> String {
 struct Stored(i64, String, String, i64, String, String, String, String);
 
 impl Stored {
-    /// The event with `null` data and metadata, and its data and metadata texts.
-    fn into_parts(self) -> Result<(Event, String, String), StoreError> {
+    /// The event with its `data` and `metadata` as the stored texts.
+    fn into_texts(self) -> Result<Event<String>, StoreError> {
         let Stored(position, id, stream, version, event_type, occurred_at, data, metadata) = self;
         let corrupt = |reason: String| StoreError::Corrupt { position, reason };
-        let event = Event {
+        Ok(Event {
             position: position as Position,
             id: Uuid::parse_str(&id).map_err(|e| corrupt(format!("id: {e}")))?,
             stream: StreamId::parse(stream).map_err(|e| corrupt(e.to_string()))?,
@@ -1099,43 +1129,35 @@ impl Stored {
             occurred_at: DateTime::parse_from_rfc3339(&occurred_at)
                 .map_err(|e| corrupt(format!("occurred_at: {e}")))?
                 .with_timezone(&Utc),
-            data: serde_json::Value::Null,
-            metadata: serde_json::Value::Null,
-        };
-        Ok((event, data, metadata))
-    }
-
-    fn into_event(self) -> Result<Event, StoreError> {
-        let (mut event, data, metadata) = self.into_parts()?;
-        event.data = stored_json(&event, "data", &data)?;
-        event.metadata = stored_json(&event, "metadata", &metadata)?;
-        Ok(event)
-    }
-
-    /// The event with its JSON texts checked (so a page is never rendered with text
-    /// that is not JSON) but not decoded.
-    fn into_stored_event(self) -> Result<StoredEvent, StoreError> {
-        let (head, data, metadata) = self.into_parts()?;
-        stored_json::<serde::de::IgnoredAny>(&head, "data", &data)?;
-        stored_json::<serde::de::IgnoredAny>(&head, "metadata", &metadata)?;
-        Ok(StoredEvent {
-            head,
             data,
             metadata,
         })
     }
-}
 
-/// The stored JSON text `what` of `event`, read as `T`.
-fn stored_json<T: serde::de::DeserializeOwned>(
-    event: &Event,
-    what: &str,
-    text: &str,
-) -> Result<T, StoreError> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
-        position: event.position as i64,
-        reason: format!("{what}: {e}"),
-    })
+    /// The event with its stored JSON texts read by `read`.
+    fn into_json<J>(
+        self,
+        read: fn(String) -> serde_json::Result<J>,
+    ) -> Result<Event<J>, StoreError> {
+        let texts = self.into_texts()?;
+        let position = texts.position as i64;
+        texts.try_map_json(|what, text| {
+            read(text).map_err(|e| StoreError::Corrupt {
+                position,
+                reason: format!("{what}: {e}"),
+            })
+        })
+    }
+
+    fn into_event(self) -> Result<Event, StoreError> {
+        self.into_json(|text| serde_json::from_str(&text))
+    }
+
+    /// The event with its JSON texts checked (so a page is never rendered with text
+    /// that is not JSON) but not decoded.
+    fn into_raw_event(self) -> Result<RawEvent, StoreError> {
+        self.into_json(RawValue::from_string)
+    }
 }
 
 fn stored_row(row: &AnyRow) -> Result<Stored, StoreError> {
@@ -1149,8 +1171,4 @@ fn stored_row(row: &AnyRow) -> Result<Stored, StoreError> {
         row.try_get(6)?,
         row.try_get(7)?,
     ))
-}
-
-fn decode_event(row: &AnyRow) -> Result<Event, StoreError> {
-    stored_row(row)?.into_event()
 }

@@ -38,9 +38,11 @@ use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
 use sqlx::AnyConnection;
 
+use serde_json::value::RawValue;
+
 use crate::atom::{self, ParsedFeed};
 use crate::db::Database;
-use crate::event::{Event, Position};
+use crate::event::{Event, Position, RawEvent};
 
 /// What a subscriber does with events. Implementations skip event types they do not
 /// know (contracts evolve forward-compatibly) and must only touch the database through
@@ -65,6 +67,137 @@ pub trait Handler: Send + Sync {
             }
             Ok(())
         })
+    }
+
+    /// Whether this handler takes its events with their JSON as the text the feed
+    /// carried ([`handle_raw_batch`](Self::handle_raw_batch)) instead of decoded. A
+    /// mirror that stores the events as they come says yes: the subscriber then checks
+    /// that the text is JSON but builds no `serde_json::Value`.
+    fn takes_raw(&self) -> bool {
+        false
+    }
+
+    /// Applies a page's worth of events with their JSON as text, in order; called
+    /// instead of [`handle_batch`](Self::handle_batch) when
+    /// [`takes_raw`](Self::takes_raw) says so. The default decodes them and calls
+    /// `handle_batch`.
+    fn handle_raw_batch<'a>(
+        &'a self,
+        tx: &'a mut AnyConnection,
+        events: &'a [RawEvent],
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            let events = events
+                .iter()
+                .map(RawEvent::decode)
+                .collect::<Result<Vec<_>, _>>()?;
+            self.handle_batch(tx, &events).await
+        })
+    }
+}
+
+/// A handler that copies a feed into an [`EventLog`](crate::EventLog) with the
+/// events' positions, ids and stream versions, and their JSON exactly as the feed
+/// carried it: a replica of the producer's log (`feedctl replay`).
+#[derive(Debug, Clone)]
+pub struct Mirror(pub crate::EventLog);
+
+impl Handler for Mirror {
+    fn handle<'a>(
+        &'a self,
+        tx: &'a mut AnyConnection,
+        e: &'a Event,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        self.handle_batch(tx, std::slice::from_ref(e))
+    }
+
+    fn handle_batch<'a>(
+        &'a self,
+        tx: &'a mut AnyConnection,
+        events: &'a [Event],
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move { Ok(self.0.import(tx, events).await?) })
+    }
+
+    fn takes_raw(&self) -> bool {
+        true
+    }
+
+    fn handle_raw_batch<'a>(
+        &'a self,
+        tx: &'a mut AnyConnection,
+        events: &'a [RawEvent],
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move { Ok(self.0.import(tx, events).await?) })
+    }
+}
+
+/// The events of a document, as the handler takes them.
+enum Batch {
+    Decoded(Vec<Event>),
+    Raw(Vec<RawEvent>),
+}
+
+impl Batch {
+    fn of(events: Vec<Event<EntryJson>>, raw: bool) -> Result<Self, serde_json::Error> {
+        let events = events.into_iter();
+        Ok(if raw {
+            Self::Raw(
+                events
+                    .map(|e| e.try_map_json(|_, j| j.into_raw()))
+                    .collect::<Result<_, _>>()?,
+            )
+        } else {
+            Self::Decoded(
+                events
+                    .map(|e| e.try_map_json(|_, j| j.into_decoded()))
+                    .collect::<Result<_, _>>()?,
+            )
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Decoded(e) => e.len(),
+            Self::Raw(e) => e.len(),
+        }
+    }
+}
+
+/// An entry's JSON as the subscriber read it: decoded, or as text for a handler that
+/// [takes it raw](Handler::takes_raw).
+#[derive(Debug, Clone)]
+enum EntryJson {
+    Decoded(serde_json::Value),
+    Raw(Box<RawValue>),
+}
+
+impl EntryJson {
+    /// How a document's entries are read for a handler that takes them raw or not.
+    fn reader(raw: bool) -> atom::JsonFrom<Self> {
+        if raw {
+            |text| RawValue::from_string(text.into_owned()).map(Self::Raw)
+        } else {
+            |text| serde_json::from_str(&text).map(Self::Decoded)
+        }
+    }
+
+    fn into_raw(self) -> Result<Box<RawValue>, serde_json::Error> {
+        match self {
+            Self::Decoded(v) => serde_json::value::to_raw_value(&v),
+            Self::Raw(r) => Ok(r),
+        }
+    }
+
+    fn into_decoded(self) -> Result<serde_json::Value, serde_json::Error> {
+        match self {
+            Self::Decoded(v) => Ok(v),
+            Self::Raw(r) => serde_json::from_str(r.get()),
+        }
     }
 }
 
@@ -266,7 +399,7 @@ enum Cursor {
 
 struct Fetched {
     url: String,
-    doc: ParsedFeed,
+    doc: ParsedFeed<EntryJson>,
     digest: String,
     etag: Option<String>,
 }
@@ -296,7 +429,7 @@ enum Got {
     Doc {
         etag: Option<String>,
         digest: String,
-        doc: Box<ParsedFeed>,
+        doc: Box<ParsedFeed<EntryJson>>,
     },
 }
 
@@ -319,7 +452,8 @@ struct ReadAhead {
 const READ_AHEAD: usize = 2;
 
 impl ReadAhead {
-    fn start(client: reqwest::Client, first: String, status: Arc<Status>) -> Self {
+    /// `raw`: see [`Handler::takes_raw`].
+    fn start(client: reqwest::Client, first: String, status: Arc<Status>, raw: bool) -> Self {
         let (tx, pages) = tokio::sync::mpsc::channel(READ_AHEAD);
         let walker = tokio::spawn(async move {
             let mut url = Some(first);
@@ -330,12 +464,12 @@ impl ReadAhead {
                 };
                 status.requests.fetch_add(1, Ordering::Relaxed);
                 let parse = match raw_get(client.clone(), this.clone(), None, None).await {
-                    Ok((raw, next)) => {
+                    Ok((body, next)) => {
                         url = next;
                         let at = this.clone();
                         // Parsed on a blocking thread: it overlaps with the write of
                         // the current page even on a single-threaded runtime.
-                        tokio::task::spawn_blocking(move || read_doc(&at, raw, 0))
+                        tokio::task::spawn_blocking(move || read_doc(&at, body, 0, raw))
                     }
                     Err(e) => tokio::spawn(async move { Err(e) }),
                 };
@@ -676,6 +810,11 @@ impl<H: Handler> Subscriber<H> {
             }
             expected += 1;
         }
+        let events =
+            Batch::of(events, self.handler.takes_raw()).map_err(|e| SubscribeError::Malformed {
+                url: f.url.clone(),
+                reason: e.to_string(),
+            })?;
         let next_cursor = if f.doc.archive {
             Cursor::Page(self.next_archive(&f)?)
         } else {
@@ -699,6 +838,7 @@ impl<H: Handler> Subscriber<H> {
                 self.client.clone(),
                 next.clone(),
                 self.status.clone(),
+                self.handler.takes_raw(),
             ));
         }
         let last = expected - 1;
@@ -747,13 +887,14 @@ impl<H: Handler> Subscriber<H> {
                 position: now_at,
             });
         }
-        self.handler
-            .handle_batch(&mut tx, &events)
-            .await
-            .map_err(|source| SubscribeError::Handler {
-                position: cp.position + 1,
-                source,
-            })?;
+        match &events {
+            Batch::Decoded(events) => self.handler.handle_batch(&mut tx, events).await,
+            Batch::Raw(events) => self.handler.handle_raw_batch(&mut tx, events).await,
+        }
+        .map_err(|source| SubscribeError::Handler {
+            position: cp.position + 1,
+            source,
+        })?;
         tx.commit().await?;
         self.checkpoint = Some(Checkpoint {
             position: last,
@@ -807,7 +948,7 @@ impl<H: Handler> Subscriber<H> {
                     wait,
                 )
                 .await?;
-                read_doc(url, raw, applied)?
+                read_doc(url, raw, applied, self.handler.takes_raw())?
             }
         };
         let (etag, digest, doc) = match got {
@@ -846,7 +987,7 @@ impl<H: Handler> Subscriber<H> {
 impl<H> Subscriber<H> {
     /// Checks `doc`'s link into the hash chain against the digest of its
     /// `prev-archive` page as this subscriber downloaded it, where that is known.
-    fn check_chain(&self, url: &str, doc: &ParsedFeed) -> Result<(), SubscribeError> {
+    fn check_chain(&self, url: &str, doc: &ParsedFeed<EntryJson>) -> Result<(), SubscribeError> {
         let (Some(prev), Some(recorded)) = (&doc.links.prev_archive, &doc.prev_archive_digest)
         else {
             return Ok(());
@@ -872,8 +1013,9 @@ impl<H> Subscriber<H> {
 }
 
 /// Reads a response as a feed document (see [`Got`]), leaving out the entries up to
-/// `applied` (see [`atom::parse_feed_after`]).
-fn read_doc(url: &str, raw: Raw, applied: Position) -> Result<Got, SubscribeError> {
+/// `applied` (see [`atom::parse_feed_after`]), with the entries' JSON as text if
+/// `raw_json` (see [`Handler::takes_raw`]).
+fn read_doc(url: &str, raw: Raw, applied: Position, raw_json: bool) -> Result<Got, SubscribeError> {
     let (etag, body) = match raw {
         Raw::NotModified { waited } => return Ok(Got::NotModified { waited }),
         Raw::Body { etag, body } => (etag, body),
@@ -883,9 +1025,11 @@ fn read_doc(url: &str, raw: Raw, applied: Position) -> Result<Got, SubscribeErro
         url: url.to_owned(),
         reason: format!("not UTF-8: {e}"),
     })?;
-    let doc = atom::parse_feed_after(text, applied).map_err(|e| SubscribeError::Malformed {
-        url: url.to_owned(),
-        reason: e.0,
+    let doc = atom::parse_feed_with(text, applied, EntryJson::reader(raw_json)).map_err(|e| {
+        SubscribeError::Malformed {
+            url: url.to_owned(),
+            reason: e.0,
+        }
     })?;
     Ok(Got::Doc {
         etag,

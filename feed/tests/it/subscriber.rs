@@ -4,7 +4,7 @@ use std::time::Duration;
 use feed::db::Database;
 use feed::event::Event;
 use feed::store::EventLog;
-use feed::subscriber::{Handler, Progress, SubscribeError, Subscriber, SubscriberConfig};
+use feed::subscriber::{Handler, Mirror, Progress, SubscribeError, Subscriber, SubscriberConfig};
 use futures::future::BoxFuture;
 use sqlx::AnyConnection;
 
@@ -903,4 +903,150 @@ async fn link_headers_that_point_elsewhere_do_not_change_what_a_replay_applies()
             .any(|p| p == "/feed/archive/7-9"),
         "the hints were followed"
     );
+}
+
+/// A head holding `entries` (Atom `<entry>` elements), at `/feed`, the only document.
+fn head_of(entries: &[String]) -> String {
+    doc("/feed", None, None, false, &[])
+        .replace("BASE/feed/archive/1-3", "BASE/feed")
+        .replace("</feed>", &format!("{}</feed>", entries.concat()))
+}
+
+/// An entry with the given `content` and `ev:metadata` element text (XML, as served).
+fn entry_with(position: u64, content: &str, metadata: &str) -> String {
+    format!(
+        "<entry><id>urn:uuid:{}</id><title>Thing</title><updated>2026-01-01T00:00:00Z</updated>\
+         <ev:position>{position}</ev:position><ev:stream>s</ev:stream><ev:streamVersion>{position}</ev:streamVersion>\
+         <ev:metadata>{metadata}</ev:metadata><content type=\"text\">{content}</content></entry>",
+        uuid::Uuid::from_u128(position as u128)
+    )
+}
+
+/// Mirrors the feed at `url` into a fresh log in `dir` until it holds `head` events.
+async fn mirror_of(url: String, dir: &tempfile::TempDir, name: &str, head: u64) -> EventLog {
+    let log = EventLog::connect(&sqlite_url(dir, name))
+        .await
+        .expect("mirror log");
+    let mut sub = Subscriber::new(
+        fast("mirror", url),
+        log.database().clone(),
+        Mirror(log.clone()),
+    );
+    while log.head().await.expect("head") < head {
+        sub.poll_once().await.expect("poll");
+    }
+    log
+}
+
+#[tokio::test]
+async fn a_mirror_stores_the_json_text_the_feed_carried_exactly() {
+    // JSON as another producer might write it: spaces, a number serde_json would
+    // write as 1.5, a key twice, escapes, text around the value, a carriage return.
+    let (base, _server) = static_feed(vec![(
+        "/feed",
+        head_of(&[
+            entry_with(2, "{\"a\":&#13;[1e2, -0.0]}", "{}"),
+            entry_with(
+                1,
+                " { \"n\" : 1.50, \"n\": 2, \"s\":\"caf\\u00e9 &amp; &lt;b&gt;\" } ",
+                "\n{\"k\":[1,  2]}\t",
+            ),
+        ]),
+    )])
+    .await;
+    let expected = [
+        (
+            "{ \"n\" : 1.50, \"n\": 2, \"s\":\"caf\\u00e9 & <b>\" }",
+            "{\"k\":[1,  2]}",
+        ),
+        ("{\"a\":\r[1e2, -0.0]}", "{}"),
+    ];
+    let dir = tempfile::tempdir().expect("tmp");
+    let first = mirror_of(format!("{base}/feed"), &dir, "first.db", 2).await;
+    let texts = |events: Vec<feed::RawEvent>| {
+        events
+            .iter()
+            .map(|e| (e.data.get().to_owned(), e.metadata.get().to_owned()))
+            .collect::<Vec<_>>()
+    };
+    let stored = texts(first.read_range_raw(1, 2).await.expect("raw"));
+    assert_eq!(
+        stored,
+        expected.map(|(d, m)| (d.to_owned(), m.to_owned())).to_vec(),
+        "the mirror stores the text it was served, not a re-encoding of it"
+    );
+    // Decoded, the text means what it said (the later of two equal keys wins).
+    let decoded = first.read_range(1, 2).await.expect("decoded");
+    assert_eq!(decoded[0].data["n"], 2);
+    assert_eq!(decoded[0].data["s"], "café & <b>");
+    assert_eq!(decoded[1].data["a"][0], 100.0);
+
+    // The mirror serves that text, and a mirror of the mirror stores it unchanged:
+    // the carriage return survives the XML in between.
+    let served = TestFeed::start(first, 100).await;
+    let second = mirror_of(served.url("/feed"), &dir, "second.db", 2).await;
+    assert_eq!(
+        texts(second.read_range_raw(1, 2).await.expect("raw")),
+        stored
+    );
+}
+
+#[tokio::test]
+async fn a_mirror_refuses_a_page_whose_entry_is_not_json_and_stores_nothing_of_it() {
+    let (base, _server) = static_feed(vec![(
+        "/feed",
+        head_of(&[
+            entry_with(2, "{\"n\":2,}", "{}"),
+            entry_with(1, "{\"n\":1}", "{}"),
+        ]),
+    )])
+    .await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let log = EventLog::connect(&sqlite_url(&dir, "mirror.db"))
+        .await
+        .expect("log");
+    let mut sub = Subscriber::new(
+        fast("mirror", format!("{base}/feed")),
+        log.database().clone(),
+        Mirror(log.clone()),
+    );
+    let err = sub.poll_once().await.expect_err("not JSON");
+    assert!(err.is_fatal());
+    assert!(
+        matches!(&err, SubscribeError::Malformed { reason, .. } if reason.contains("position 2: content is not JSON")),
+        "{err}"
+    );
+    assert_eq!(log.head().await.expect("head"), 0);
+}
+
+#[tokio::test]
+async fn a_handler_that_takes_raw_json_but_keeps_the_default_gets_the_events_decoded() {
+    let src_dir = tempfile::tempdir().expect("tmp");
+    let log = EventLog::connect(&sqlite_url(&src_dir, "src.db"))
+        .await
+        .expect("log");
+    append_n(&log, 3, 3).await;
+    let feed = TestFeed::start(log.clone(), 100).await;
+    /// Says it takes raw JSON, and only implements `handle`.
+    struct Default(std::sync::Mutex<Vec<Event>>);
+    impl Handler for Default {
+        fn handle<'a>(
+            &'a self,
+            _tx: &'a mut AnyConnection,
+            e: &'a Event,
+        ) -> BoxFuture<'a, anyhow::Result<()>> {
+            self.0.lock().expect("lock").push(e.clone());
+            Box::pin(async { Ok(()) })
+        }
+        fn takes_raw(&self) -> bool {
+            true
+        }
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = replica_db(&dir).await;
+    let handler = Default(std::sync::Mutex::new(Vec::new()));
+    let mut sub = Subscriber::new(fast("default", feed.url("/feed")), db, handler);
+    sub.poll_once().await.expect("step");
+    let seen = sub.handler().0.lock().expect("lock").clone();
+    assert_eq!(seen, log.read_range(1, 3).await.expect("events"));
 }

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use feed::event::{Event, EventType, NewEvent, StreamId};
 use feed::server::{FeedConfig, FeedServer};
 use feed::store::{EventLog, Expected};
-use feed::subscriber::{Handler, Progress, Subscriber, SubscriberConfig};
+use feed::subscriber::{Handler, Mirror, Progress, Subscriber, SubscriberConfig};
 use futures::future::BoxFuture;
 use sqlx::AnyConnection;
 use uuid::Uuid;
@@ -247,27 +247,6 @@ pub(crate) struct ReplayArgs {
     /// Keep mirroring new events after catching up.
     #[arg(long, short)]
     follow: bool,
-}
-
-/// Copies events with their positions and ids: the mirror is the same log.
-struct Mirror(EventLog);
-
-impl Handler for Mirror {
-    fn handle<'a>(
-        &'a self,
-        tx: &'a mut AnyConnection,
-        e: &'a Event,
-    ) -> BoxFuture<'a, anyhow::Result<()>> {
-        self.handle_batch(tx, std::slice::from_ref(e))
-    }
-
-    fn handle_batch<'a>(
-        &'a self,
-        tx: &'a mut AnyConnection,
-        events: &'a [Event],
-    ) -> BoxFuture<'a, anyhow::Result<()>> {
-        Box::pin(async move { Ok(self.0.import(tx, events).await?) })
-    }
 }
 
 pub(crate) async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
