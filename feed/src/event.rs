@@ -95,7 +95,8 @@ impl RawEvent {
 
 /// How an [`Event`] holds its JSON: what the log and the Atom writer need of it.
 pub trait Json {
-    /// The value as compact JSON text (borrowed when it is already text).
+    /// The value as JSON text: compact for a decoded value, and for text the text as
+    /// it is held (borrowed).
     fn json_text(&self) -> Cow<'_, str>;
 }
 

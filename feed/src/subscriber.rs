@@ -35,10 +35,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use sqlx::AnyConnection;
-
-use serde_json::value::RawValue;
 
 use crate::atom::{self, ParsedFeed};
 use crate::db::Database;
