@@ -114,17 +114,13 @@ pub struct FeedMeta<'a> {
     pub prev_archive_digest: Option<&'a str>,
 }
 
-/// Renders a feed document; `entries` oldest first (they are written newest first).
-pub fn render_feed(meta: &FeedMeta<'_>, entries: &[Event]) -> String {
-    render_feed_of(meta, entries)
-}
-
-/// [`render_feed`] for events however they hold their JSON: a sealed page renders
-/// from the text the log stored, checked to be JSON but not decoded. The log stores
-/// each value's compact serialization, and serializing the value decoded from that
-/// text gives the same text, so a page renders to the same bytes either way (test
+/// Renders a feed document; `entries` oldest first (they are written newest first),
+/// however they hold their JSON. The server renders from the text the log stored,
+/// checked to be JSON but not decoded. The log stores each value's compact
+/// serialization, and serializing the value decoded from that text gives the same
+/// text, so a page renders to the same bytes either way (test
 /// `sealed_pages_render_the_same_bytes_from_stored_text_as_from_decoded_events`).
-pub(crate) fn render_feed_of<J: Json>(meta: &FeedMeta<'_>, entries: &[Event<J>]) -> String {
+pub fn render_feed<J: Json>(meta: &FeedMeta<'_>, entries: &[Event<J>]) -> String {
     let mut out = String::with_capacity(1024 + entries.len() * 700);
     out.push_str("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n");
     let _ = write!(
@@ -714,7 +710,7 @@ mod tests {
             let decoded = log.read_range(from, to).await.expect("decoded");
             assert_eq!(stored.len(), 400);
             let (a, b) = (
-                super::render_feed_of(&meta, &stored),
+                super::render_feed(&meta, &stored),
                 super::render_feed(&meta, &decoded),
             );
             if let Some(at) = a.bytes().zip(b.bytes()).position(|(x, y)| x != y) {

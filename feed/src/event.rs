@@ -76,15 +76,6 @@ impl<J> Event<J> {
     }
 }
 
-impl Event {
-    /// The event with its JSON as compact text.
-    pub fn to_raw(&self) -> RawEvent {
-        self.json_by_ref()
-            .try_map_json(|_, v| serde_json::value::to_raw_value(v))
-            .expect("a serde_json::Value always serializes")
-    }
-}
-
 impl RawEvent {
     /// The event with its JSON decoded.
     pub fn decode(&self) -> Result<Event, serde_json::Error> {

@@ -337,16 +337,9 @@ impl FeedServer {
         }
     }
 
-    /// The events of sealed page `range`, all of them: a page with a hole would be
-    /// sealed with the hole in it forever.
-    async fn read_sealed(&self, range: PageRange) -> Result<Vec<Event>, StoreError> {
-        let entries = self.inner.log.read_range(range.from, range.to).await?;
-        check_sealed(range, entries)
-    }
-
-    /// [`Self::read_sealed`] with the JSON left as the stored text, for the Atom
-    /// render.
-    async fn read_sealed_raw(&self, range: PageRange) -> Result<Vec<RawEvent>, StoreError> {
+    /// The events of sealed page `range`, all of them (a page with a hole would be
+    /// sealed with the hole in it forever), with their JSON as the stored text.
+    async fn read_sealed(&self, range: PageRange) -> Result<Vec<RawEvent>, StoreError> {
         let entries = self.inner.log.read_range_raw(range.from, range.to).await?;
         check_sealed(range, entries)
     }
@@ -394,7 +387,7 @@ impl FeedServer {
             }
         };
         loop {
-            let entries = self.read_sealed_raw(next).await?;
+            let entries = self.read_sealed(next).await?;
             let nav = layout.page_navigation(next);
             let doc = self.render_page(
                 Which::Log,
@@ -538,7 +531,7 @@ impl FeedServer {
         if let Doc::Page(range) = nav.this {
             title = format!("{title} {range}");
         }
-        atom::render_feed_of(
+        atom::render_feed(
             &FeedMeta {
                 id: &id,
                 title: &title,
@@ -557,15 +550,14 @@ impl FeedServer {
 
 /// Events read with their JSON as the stored text, decoded (for the HTML views).
 fn decoded(entries: &[RawEvent]) -> Result<Vec<Event>, StoreError> {
-    entries
-        .iter()
-        .map(|e| {
-            e.decode().map_err(|err| StoreError::Corrupt {
-                position: e.position as i64,
-                reason: err.to_string(),
-            })
-        })
-        .collect()
+    entries.iter().map(decoded_one).collect()
+}
+
+fn decoded_one(e: &RawEvent) -> Result<Event, StoreError> {
+    e.decode().map_err(|err| StoreError::Corrupt {
+        position: e.position as i64,
+        reason: err.to_string(),
+    })
 }
 
 /// `entries` if they are all of sealed page `range`: a page with a hole would be
@@ -1069,7 +1061,7 @@ async fn archive(
                         nav.prev.map(|p| p.from),
                         range.from,
                     );
-                    let (entries, digests) = tokio::join!(s2.read_sealed_raw(range), digests);
+                    let (entries, digests) = tokio::join!(s2.read_sealed(range), digests);
                     let (entries, (prev, recorded)) = (entries?, digests?);
                     let prev = match (nav.prev, prev) {
                         (Some(_), Some(d)) => Some(d),
@@ -1087,7 +1079,7 @@ async fn archive(
                     doc
                 }
                 Format::Html => {
-                    let entries = s2.read_sealed(range).await?;
+                    let entries = decoded(&s2.read_sealed(range).await?)?;
                     s2.render_html_page(Which::Log, &nav, &entries, range.from, range.to, None)
                 }
             };
@@ -1149,7 +1141,7 @@ async fn event(
             service: &s.inner.name,
             base: &s.inner.base,
             home: s.inner.home.as_deref(),
-            event: &decoded(std::slice::from_ref(&event))?.remove(0),
+            event: &decoded_one(&event)?,
             page_url: &page_url,
             has_next: position < head,
         });
