@@ -1,11 +1,11 @@
 //! The event log: one append-only table per service database.
 //!
 //! Invariants, and why they hold:
-//! - **Positions are gapless and commit-ordered.** Every append first updates the
-//!   single row of `feed_head`, which takes SQLite's write lock or PostgreSQL's row
-//!   lock until the appending transaction ends. Appenders therefore take turns, the
-//!   next one reads the counter only after the previous one committed or rolled back,
-//!   and a reader that has seen position p can never later see a smaller new position.
+//! - **Positions are gapless and commit-ordered.** Every append first locks the
+//!   single row of `feed_head` (SQLite: by writing it, which takes the write lock;
+//!   PostgreSQL: `FOR UPDATE`) until the appending transaction ends. Appenders
+//!   therefore take turns, the next one reads the counter only after the previous
+//!   one committed or rolled back, and a reader that has seen position p can never later see a smaller new position.
 //!   That is what lets a sealed page be cached forever.
 //! - **Appends are idempotent by event id.** The id lookup happens under the same
 //!   lock, so two concurrent retries cannot both insert.
@@ -35,6 +35,7 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -132,6 +133,9 @@ struct Changes {
     waiter_arrived: Notify,
     /// The page layout and the `layout_version` it was read at.
     layout: std::sync::RwLock<(i64, Arc<PageLayout>)>,
+    /// Whether the last PostgreSQL append found that another one committed while it
+    /// waited for the lock (see [`append_in_one_statement`]).
+    contended: AtomicBool,
 }
 
 impl EventLog {
@@ -145,6 +149,7 @@ impl EventLog {
                 head,
                 waiter_arrived: Notify::new(),
                 layout: std::sync::RwLock::new((-1, Arc::new(default_layout()))),
+                contended: AtomicBool::new(false),
             }),
         };
         log.head().await.map_err(|e| match e {
@@ -208,8 +213,36 @@ impl EventLog {
                 .filter(|s| seen.insert(*s))
                 .collect()
         };
-        let (mut head, existing, mut versions) =
-            lock_and_look_up(tx, self.db.backend(), &ids, &streams).await?;
+        let looked_up = if self.db.backend() == Backend::Postgres
+            && streams.len() == 1
+            && events.len() <= INSERT_CHUNK
+            && ids.iter().collect::<HashSet<_>>().len() == ids.len()
+        {
+            match append_in_one_statement(tx, expected, events, &ids, &self.changes.contended)
+                .await?
+            {
+                OneStatement::Appended(head) => {
+                    self.db.commits().expect();
+                    let first = head - events.len() as Position + 1;
+                    return Ok((first..=head).collect());
+                }
+                OneStatement::Conflict(actual) => {
+                    return Err(AppendError::Conflict {
+                        stream: events[0].stream.clone(),
+                        expected,
+                        actual,
+                    });
+                }
+                OneStatement::Declined(head) => {
+                    let (existing, versions) =
+                        existing_and_versions(tx, Backend::Postgres, &ids, &streams).await?;
+                    (head, existing, versions)
+                }
+            }
+        } else {
+            lock_and_look_up(tx, self.db.backend(), &ids, &streams).await?
+        };
+        let (mut head, existing, mut versions) = looked_up;
         if existing.len() == events.len() {
             return Ok(ids.iter().map(|id| existing[id]).collect());
         }
@@ -872,6 +905,127 @@ where
         position: 0,
         reason: "feed_page_sizes does not form a page layout".into(),
     })
+}
+
+/// What [`append_in_one_statement`] did.
+enum OneStatement {
+    /// The events were appended; the new head.
+    Appended(Position),
+    /// Nothing was written: the stream is at this version, not the expected one.
+    Conflict(u64),
+    /// Nothing was written, because some of the ids are already stored: the caller
+    /// holds the lock at this head and takes the general path.
+    Declined(Position),
+}
+
+/// On PostgreSQL, appends a batch of new events of one stream, with distinct ids, in
+/// a single statement: it takes the lock, reads the head and the stream's version,
+/// checks the expected version and that no id is stored, inserts, moves the head and
+/// notifies. With the transaction's BEGIN and COMMIT that is three round trips, like
+/// a plain INSERT.
+///
+/// The statement's reads see the snapshot taken when it started, which may be older
+/// than the moment it got the lock (see [`lock_and_look_up`]). So it writes only when
+/// the head it locked is the head in that snapshot, which means no append committed
+/// in between. Otherwise it writes nothing and runs once more: it now holds the lock,
+/// so no append can commit before its second snapshot.
+///
+/// When appends queue for the lock, most first attempts would be wasted that way.
+/// So after an append found it had waited for another one (`contended`), the next
+/// one takes the lock first in a statement of its own, which also tells whether the
+/// queue is still there.
+async fn append_in_one_statement(
+    tx: &mut AnyConnection,
+    expected: Expected,
+    events: &[NewEvent],
+    ids: &[String],
+    contended: &AtomicBool,
+) -> Result<OneStatement, sqlx::Error> {
+    // A first attempt may find that an append committed while it waited; the one
+    // after it cannot, because it runs holding the lock.
+    let mut first_attempt = true;
+    if contended.load(AtomicOrdering::Relaxed) {
+        let (locked, seen): (i64, i64) = sqlx::query_as(
+            "WITH locked AS MATERIALIZED (SELECT position FROM feed_head WHERE id = 1 FOR UPDATE) \
+             SELECT locked.position, (SELECT position FROM feed_head WHERE id = 1) FROM locked",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        contended.store(locked != seen, AtomicOrdering::Relaxed);
+        first_attempt = false;
+    }
+    let n = events.len();
+    // $1 stream, $2 expected version (-1: any), $3 channel, then five per event.
+    let values: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                "({}, {})",
+                i + 1,
+                placeholders(Backend::Postgres, 4 + i * 5, 5)
+            )
+        })
+        .collect();
+    let id_params: Vec<String> = (0..n).map(|i| format!("${}", 4 + i * 5)).collect();
+    let sql = format!(
+        "WITH locked AS MATERIALIZED (SELECT position FROM feed_head WHERE id = 1 FOR UPDATE), \
+         seen AS MATERIALIZED (SELECT position FROM feed_head WHERE id = 1), \
+         cur AS MATERIALIZED (SELECT COALESCE(MAX(stream_version), 0) AS v FROM feed_events WHERE stream = $1), \
+         dup AS MATERIALIZED (SELECT COUNT(*) AS c FROM feed_events WHERE id IN ({ids})), \
+         ok AS MATERIALIZED (SELECT locked.position AS head, cur.v FROM locked, seen, cur, dup \
+           WHERE locked.position = seen.position AND dup.c = 0 \
+           AND (CAST($2 AS BIGINT) < 0 OR cur.v = $2)), \
+         ins AS (INSERT INTO feed_events (position, id, stream, stream_version, type, occurred_at, data, metadata) \
+           SELECT ok.head + x.k, x.id, $1, ok.v + x.k, x.t, x.a, x.d, x.m \
+           FROM ok, (VALUES {values}) AS x (k, id, t, a, d, m)), \
+         upd AS (UPDATE feed_head SET position = ok.head + {n} FROM ok WHERE feed_head.id = 1), \
+         notified AS MATERIALIZED (SELECT pg_notify($3, CAST(ok.head + {n} AS TEXT)) FROM ok) \
+         SELECT locked.position, seen.position, cur.v, dup.c, (SELECT COUNT(*) FROM notified) \
+         FROM locked, seen, cur, dup",
+        ids = id_params.join(", "),
+        values = values.join(", "),
+    );
+    let expected = match expected {
+        Expected::Any => -1,
+        Expected::NoStream => 0,
+        Expected::Version(v) => v as i64,
+    };
+    loop {
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(events[0].stream.as_str())
+            .bind(expected)
+            .bind(NOTIFY_CHANNEL);
+        for (e, id) in events.iter().zip(ids) {
+            q = q
+                .bind(id.as_str())
+                .bind(e.event_type.as_str())
+                .bind(format_time(&e.occurred_at))
+                .bind(e.data.json_text().into_owned())
+                .bind(e.metadata.json_text().into_owned());
+        }
+        let row = q.fetch_one(&mut *tx).await?;
+        let (locked, seen, version, stored, notified): (i64, i64, i64, i64, i64) = (
+            row.try_get(0)?,
+            row.try_get(1)?,
+            row.try_get(2)?,
+            row.try_get(3)?,
+            row.try_get(4)?,
+        );
+        let head = locked as Position;
+        if first_attempt {
+            contended.store(locked != seen, AtomicOrdering::Relaxed);
+        }
+        if notified == 1 {
+            return Ok(OneStatement::Appended(head + n as Position));
+        }
+        if locked != seen && first_attempt {
+            first_attempt = false;
+            continue;
+        }
+        if stored > 0 || locked != seen {
+            return Ok(OneStatement::Declined(head));
+        }
+        return Ok(OneStatement::Conflict(version as u64));
+    }
 }
 
 /// Takes the append lock (see the module doc) and returns the current head.

@@ -487,3 +487,81 @@ async fn a_range_read_in_one_row_gives_the_same_events_as_row_by_row() {
             .is_empty()
     );
 }
+
+/// 8 writers send the same batch at once (a retried command), and 8 more each send
+/// a batch of the same shared event and one of their own. The shared events are
+/// stored once, every writer is told their one position, and the log stays gapless.
+async fn concurrent_retries_store_each_event_once(log: EventLog) {
+    let retried = vec![event("order-r", 1), event("order-r", 2)];
+    let shared = event("order-s", 3);
+    let mut tasks = Vec::new();
+    for w in 0..16u64 {
+        let log = log.clone();
+        let batch = if w % 2 == 0 {
+            retried.clone()
+        } else {
+            vec![shared.clone(), event(&format!("own-{w}"), w)]
+        };
+        let expected = if w % 2 == 0 {
+            Expected::NoStream
+        } else {
+            Expected::Any
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut tx = log.begin().await.expect("begin");
+            let positions = log.append(&mut tx, expected, &batch).await.expect("append");
+            tx.commit().await.expect("commit");
+            (w, positions)
+        }));
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.expect("writer"));
+    }
+    let head = log.head().await.expect("head");
+    assert_eq!(head, 2 + 1 + 8, "each distinct event once");
+    let all = log.read_range(1, u64::MAX).await.expect("read");
+    assert_eq!(
+        all.iter().map(|e| e.position).collect::<Vec<_>>(),
+        (1..=head).collect::<Vec<_>>()
+    );
+    let position_of = |id: uuid::Uuid| {
+        all.iter()
+            .find(|e| e.id == id)
+            .map(|e| e.position)
+            .expect("stored")
+    };
+    let retried_at = vec![position_of(retried[0].id), position_of(retried[1].id)];
+    assert_eq!(retried_at[1], retried_at[0] + 1);
+    let shared_at = position_of(shared.id);
+    for (w, positions) in results {
+        if w % 2 == 0 {
+            assert_eq!(positions, retried_at, "writer {w}");
+        } else {
+            assert_eq!(positions[0], shared_at, "writer {w}");
+            assert_ne!(positions[1], shared_at, "writer {w}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_concurrent_retries_store_each_event_once() {
+    let dir = tempfile::tempdir().expect("tmp");
+    concurrent_retries_store_each_event_once(
+        EventLog::connect(&sqlite_url(&dir, "log.db"))
+            .await
+            .expect("log"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_concurrent_retries_store_each_event_once() {
+    let Some(pg) = PgCluster::start() else { return };
+    concurrent_retries_store_each_event_once(
+        EventLog::connect(&pg.database("retries"))
+            .await
+            .expect("log"),
+    )
+    .await;
+}
