@@ -7,8 +7,10 @@
 //! 200 (buffered once, within the in-flight budget) answers all of them and is
 //! stored as the fresh head when it may be stored, its 304 answers all of them,
 //! and a request that arrives while it is held joins it instead of starting
-//! another. The wait forwarded is capped at `--max-long-poll`, which the proxy's
-//! own timeout covers, so an idle poll ends as the origin's 304, not as a 504.
+//! another. A long poll whose If-None-Match does not match the fresh head stored
+//! here is answered with that head at once, as the origin would answer it. The
+//! wait forwarded is capped at `--max-long-poll`, which the proxy's own timeout
+//! covers, so an idle poll ends as the origin's 304, not as a 504.
 //!
 //! Long polls with credentials are not shared: they are forwarded on their own,
 //! with the same cap.
@@ -25,14 +27,15 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use url::Url;
 
 use super::{
-    Buffered, FLIGHT_SLACK, Proxy, cache_status_name, canonical, pass_headers, store_verdict,
-    wait_error,
+    Buffered, FLIGHT_SLACK, Proxy, answer, cache_status_name, canonical, pass_headers,
+    store_verdict, wait_error,
 };
 use crate::budget::Held;
+use crate::cache_control::CacheControl;
 use crate::entry::{Entry, strip_hop_by_hop};
 use crate::error::ProxyError;
 use crate::key::CacheKey;
-use crate::rules::{self, AgeInputs, NoStoreReason, RequestFacts};
+use crate::rules::{self, AgeInputs, NoStoreReason, RequestFacts, Reuse};
 use crate::status::{CacheStatus, Detail, Fwd};
 
 /// What makes two long polls the same upstream long poll.
@@ -78,6 +81,24 @@ impl Proxy {
         wait: u64,
     ) -> Result<Response, ProxyError> {
         let cfg = &self.inner.config;
+        // A client whose copy is not the fresh head stored here gets that head at
+        // once, as a hit: the origin too would answer at once, having news for it.
+        // Otherwise every client that comes back just after the head moved again
+        // starts an upstream long poll of its own that returns at once.
+        let now = SystemTime::now();
+        if let Some(entry) = self.inner.cache.get(&key).await
+            && entry.status == StatusCode::OK
+            && !rules::if_none_match_matches(&if_none_match, entry.etag())
+        {
+            let age = entry.age(now);
+            let request = CacheControl::from_values(parts.headers.get_all(header::CACHE_CONTROL));
+            if rules::reuse_for_request(&entry.freshness, age, &request) == Reuse::Fresh {
+                self.inner.metrics.hits.inc();
+                let ttl = rules::ttl_seconds(&entry.freshness, age);
+                let status = CacheStatus::hit(ttl).detail(Detail::LongPoll);
+                return Ok(answer(&entry, parts, status, now));
+            }
+        }
         let poll_key = PollKey {
             key: key.clone(),
             if_none_match: if_none_match.clone(),

@@ -797,6 +797,99 @@ async fn concurrent_long_polls_share_one_upstream_long_poll_and_store_its_answer
     assert!(text(after).await.contains(&format!("<last>{last}</last>")));
 }
 
+/// A subscriber that comes back with an older copy than the fresh head the proxy
+/// holds has news waiting: it gets the stored head at once, and the origin sees no
+/// long poll for it. One that names the stored head, or asks the cache not to
+/// answer for the origin, is still held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_with_an_older_copy_than_the_fresh_stored_head_is_answered_from_it_at_once() {
+    init_tracing();
+    let origin = Origin::start(OriginConfig {
+        head_cache_control: "max-age=60",
+        ..OriginConfig::default()
+    })
+    .await;
+    let front = spawn_proxy(&origin).await;
+    let url = front.url("/feed");
+    let old = client().get(&url).send().await.expect("answer");
+    let old_etag = old.headers()[ETAG].to_str().expect("ascii").to_owned();
+    // The head moves; a long poll for the old version stores the new one.
+    let last = origin.append(1);
+    let moved = client()
+        .get(&url)
+        .header("if-none-match", &old_etag)
+        .header("cache-control", "no-cache")
+        .header("prefer", "wait=20")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(moved.status(), StatusCode::OK);
+    let new_etag = moved.headers()[ETAG].to_str().expect("ascii").to_owned();
+    assert_ne!(new_etag, old_etag);
+    let forwarded = |m: &str| metric_value(m, "cache_proxy_long_polls_forwarded_total");
+    assert_eq!(
+        forwarded(&metrics_of(&front).await),
+        1,
+        "no-cache went to the origin"
+    );
+    let requests = origin.counts("/feed").requests;
+
+    let started = Instant::now();
+    let late = client()
+        .get(&url)
+        .header("if-none-match", &old_etag)
+        .header("prefer", "wait=20")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(late.status(), StatusCode::OK);
+    assert_eq!(late.headers()[ETAG].to_str().expect("ascii"), new_etag);
+    let status = cache_status(&late);
+    assert!(
+        status.contains("; hit") && status.contains("long-poll"),
+        "{status}"
+    );
+    assert!(text(late).await.contains(&format!("<last>{last}</last>")));
+    assert!(started.elapsed() < Duration::from_secs(10), "not held");
+    assert_eq!(
+        origin.counts("/feed").requests,
+        requests,
+        "the origin saw nothing"
+    );
+    assert_eq!(forwarded(&metrics_of(&front).await), 1);
+
+    // Naming the stored head: held at the origin until the next append.
+    let current = {
+        let (url, etag) = (url.clone(), new_etag.clone());
+        tokio::spawn(async move {
+            client()
+                .get(url)
+                .header("if-none-match", etag)
+                .header("prefer", "wait=20")
+                .send()
+                .await
+                .expect("answer")
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while origin.waiting() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the long poll never reached the origin"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let last = origin.append(1);
+    let answered = current.await.expect("task");
+    assert_eq!(answered.status(), StatusCode::OK);
+    assert!(
+        text(answered)
+            .await
+            .contains(&format!("<last>{last}</last>"))
+    );
+    assert_eq!(forwarded(&metrics_of(&front).await), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bytes_buffered_for_concurrent_large_misses_stay_within_the_in_flight_budget() {
     init_tracing();
