@@ -22,6 +22,9 @@
 //! indexed read. Each content-coding has its own ETag (RFC 9110 8.8.3.3), which is
 //! why compression happens here rather than in a generic middleware. Rendered and
 //! compressed immutable documents are kept in a memory cache bounded in bytes.
+//! A request for a sealed Atom page also renders the next sealed page into it, in
+//! the same coding and in the background: a client reading one archive page is
+//! most likely walking the archive, and finds the next one ready.
 //!
 //! An event document links `up` to the document holding the event, and that changes
 //! once: from the head to the sealed page when the page fills. So only an event whose
@@ -167,6 +170,8 @@ struct Inner {
     /// Long polls being held, per client address.
     long_polls: std::sync::Mutex<HashMap<IpAddr, usize>>,
     max_long_polls_per_client: usize,
+    /// Sealed pages of the log rendered into `docs`: see [`FeedServer::pages_rendered`].
+    pages_rendered: AtomicU64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -213,8 +218,16 @@ impl FeedServer {
                 closing: tokio::sync::watch::Sender::new(false),
                 long_polls: std::sync::Mutex::new(HashMap::new()),
                 max_long_polls_per_client: config.max_long_polls_per_client,
+                pages_rendered: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// How many times since start a sealed page of the log was rendered (in one
+    /// format and coding) because the memory cache did not hold it: asked for, or
+    /// read ahead for a client walking the archive.
+    pub fn pages_rendered(&self) -> u64 {
+        self.inner.pages_rendered.load(Ordering::Relaxed)
     }
 
     /// The log behind the feed.
@@ -337,6 +350,46 @@ impl FeedServer {
         }
     }
 
+    /// Sealed page `range` in the representation `w`, from the memory cache or
+    /// rendered into it (one render for concurrent requests of the same variant).
+    async fn sealed_page(&self, range: PageRange, w: Want) -> Result<Rendered, Arc<StoreError>> {
+        let s = self.clone();
+        let render = async move {
+            let nav = s.layout().page_navigation(range);
+            let doc = match w.format {
+                Format::Atom => {
+                    // The page's events and the digests of it and of the page before
+                    // it, read at the same time.
+                    let digests = s.inner.log.page_digest_pair(
+                        &s.inner.base,
+                        nav.prev.map(|p| p.from),
+                        range.from,
+                    );
+                    let (entries, digests) = tokio::join!(s.read_sealed(range), digests);
+                    let (entries, (prev, recorded)) = (entries?, digests?);
+                    let prev = match (nav.prev, prev) {
+                        (Some(_), Some(d)) => Some(d),
+                        (p, _) => s.prev_digest(p).await?,
+                    };
+                    let doc = s.render_sealed_page(&nav, &entries, prev.as_deref());
+                    s.check_chain(range, &doc, recorded).await?;
+                    doc
+                }
+                Format::Html => {
+                    let entries = decoded(&s.read_sealed(range).await?)?;
+                    s.render_html_page(Which::Log, &nav, &entries, range.from, range.to, None)
+                }
+            };
+            let rendered = finish(doc, w).await;
+            s.inner.pages_rendered.fetch_add(1, Ordering::Relaxed);
+            Ok::<_, StoreError>(rendered)
+        };
+        self.inner
+            .docs
+            .try_get_with(DocKey::Page(range, w.format, w.coding), render)
+            .await
+    }
+
     /// The events of sealed page `range`, all of them (a page with a hole would be
     /// sealed with the hole in it forever), with their JSON as the stored text.
     async fn read_sealed(&self, range: PageRange) -> Result<Vec<RawEvent>, StoreError> {
@@ -389,14 +442,7 @@ impl FeedServer {
         loop {
             let entries = self.read_sealed(next).await?;
             let nav = layout.page_navigation(next);
-            let doc = self.render_page(
-                Which::Log,
-                &nav,
-                &entries,
-                None,
-                DateTime::<Utc>::UNIX_EPOCH,
-                prev.as_deref(),
-            );
+            let doc = self.render_sealed_page(&nav, &entries, prev.as_deref());
             let digest = hex(&Sha256::digest(doc.as_bytes()));
             let digest = log
                 .record_page_digest(base, next.from, next.to, &digest)
@@ -507,6 +553,18 @@ impl FeedServer {
     }
 
     /// Renders the feed document `nav.this` of the log or of a stream.
+    /// Sealed page `nav.this` of the log, as Atom, linking the page before it by
+    /// `prev_archive_digest`.
+    fn render_sealed_page(
+        &self,
+        nav: &crate::page::Navigation,
+        entries: &[Event<impl Json>],
+        prev_archive_digest: Option<&str>,
+    ) -> String {
+        let never = DateTime::<Utc>::UNIX_EPOCH;
+        self.render_page(Which::Log, nav, entries, None, never, prev_archive_digest)
+    }
+
     fn render_page(
         &self,
         which: Which<'_>,
@@ -1045,46 +1103,21 @@ async fn archive(
             "{range} is not a sealed page of this feed"
         )));
     }
-    let key = DocKey::Page(range, w.format, w.coding);
-    let s2 = s.clone();
+    // A client that reads this page is most likely walking the archive: the next
+    // sealed page is rendered now, alongside this one, so it is ready when asked.
+    if w.format == Format::Atom {
+        let next = layout.page_of(range.to + 1);
+        if layout.is_sealed_page(next, head) {
+            let s2 = s.clone();
+            tokio::spawn(async move {
+                if let Err(e) = s2.sealed_page(next, w).await {
+                    tracing::debug!(page = %next, error = %e, "reading a sealed page ahead failed");
+                }
+            });
+        }
+    }
     let rendered = s
-        .inner
-        .docs
-        .try_get_with(key, async move {
-            let nav = s2.layout().page_navigation(range);
-            let doc = match w.format {
-                Format::Atom => {
-                    // The page's events and the digests of it and of the page before
-                    // it, read at the same time.
-                    let digests = s2.inner.log.page_digest_pair(
-                        &s2.inner.base,
-                        nav.prev.map(|p| p.from),
-                        range.from,
-                    );
-                    let (entries, digests) = tokio::join!(s2.read_sealed(range), digests);
-                    let (entries, (prev, recorded)) = (entries?, digests?);
-                    let prev = match (nav.prev, prev) {
-                        (Some(_), Some(d)) => Some(d),
-                        (p, _) => s2.prev_digest(p).await?,
-                    };
-                    let doc = s2.render_page(
-                        Which::Log,
-                        &nav,
-                        &entries,
-                        None,
-                        DateTime::<Utc>::UNIX_EPOCH,
-                        prev.as_deref(),
-                    );
-                    s2.check_chain(range, &doc, recorded).await?;
-                    doc
-                }
-                Format::Html => {
-                    let entries = decoded(&s2.read_sealed(range).await?)?;
-                    s2.render_html_page(Which::Log, &nav, &entries, range.from, range.to, None)
-                }
-            };
-            Ok::<_, StoreError>(finish(doc, w).await)
-        })
+        .sealed_page(range, w)
         .await
         .map_err(FeedError::Unavailable)?;
     let nav = layout.page_navigation(range);

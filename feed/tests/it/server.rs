@@ -323,6 +323,68 @@ async fn server_for(log: EventLog, base: &str, page_size: u64) -> feed::FeedServ
     feed::FeedServer::new(log, config).await.expect("server")
 }
 
+/// A client that reads a sealed page is most likely walking the archive, so the
+/// server renders the next sealed page, in the same format and coding, while it
+/// answers: a replay finds it ready. It renders each page once, reads nothing ahead
+/// past the newest sealed page, and a page read ahead is the page asked for.
+#[tokio::test]
+async fn reading_a_sealed_page_renders_the_next_one_ahead_once() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let url = sqlite_url(&dir, "log.db");
+    let log = EventLog::connect(&url).await.expect("log");
+    append_n(&log, 35, 35).await;
+    let server = server_for(log.clone(), "http://feeds.example", 10).await;
+    let r = server.clone().router();
+    let gzip = [("accept-encoding", "gzip")];
+    let (status, _, _) = oneshot(&r, "/feed", &gzip).await;
+    assert_eq!(status, 200);
+    assert_eq!(server.pages_rendered(), 0, "the head is no sealed page");
+
+    let rendered_soon = |n: u64| {
+        let server = server.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while server.pages_rendered() < n {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} pages rendered, not {n}",
+                    server.pages_rendered()
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            server.pages_rendered()
+        }
+    };
+    let (status, _, _) = oneshot(&r, "/feed/archive/1-10", &gzip).await;
+    assert_eq!(status, 200);
+    assert_eq!(rendered_soon(2).await, 2, "page 1-10, and 11-20 ahead");
+    let (status, headers, ahead) = oneshot(&r, "/feed/archive/11-20", &gzip).await;
+    assert_eq!(status, 200);
+    assert_eq!(h(&headers, "content-encoding"), "gzip");
+    assert_eq!(rendered_soon(3).await, 3, "21-30 ahead, 11-20 not again");
+    let (status, _, _) = oneshot(&r, "/feed/archive/21-30", &gzip).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        server.pages_rendered(),
+        3,
+        "21-30 came from memory, and 31-40 is not sealed"
+    );
+
+    // What was read ahead is what a fresh server renders when asked.
+    let fresh = server_for(log, "http://feeds.example", 10).await.router();
+    let (_, _, asked) = oneshot(&fresh, "/feed/archive/11-20", &gzip).await;
+    assert_eq!(gunzip(&ahead), gunzip(&asked));
+}
+
+fn gunzip(body: &[u8]) -> String {
+    use std::io::Read as _;
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(body)
+        .read_to_string(&mut text)
+        .expect("gzip");
+    text
+}
+
 #[tokio::test]
 async fn an_event_is_immutable_only_once_its_page_is_sealed_and_then_never_changes() {
     let dir = tempfile::tempdir().expect("tmp");
