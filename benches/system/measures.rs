@@ -95,6 +95,7 @@ fn guard(id: &'static str, what: &str, result: anyhow::Result<Vec<Row>>) -> Vec<
 fn raw_client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_gzip()
+        .no_zstd()
         .no_proxy()
         .pool_max_idle_per_host(2048)
         .timeout(Duration::from_secs(60))

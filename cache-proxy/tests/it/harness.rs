@@ -278,6 +278,7 @@ pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .pool_idle_timeout(feed::server::ServeLimits::default().idle_client_timeout())
         .no_gzip()
+        .no_zstd()
         .no_proxy()
         .timeout(Duration::from_secs(30))
         .build()

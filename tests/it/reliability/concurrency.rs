@@ -327,6 +327,7 @@ async fn sixteen_writers_on_two_catalog_replicas_over_postgresql_keep_the_feed_g
     let replicas = [a.clone(), b.clone()];
     let client = reqwest::Client::builder()
         .no_gzip()
+        .no_zstd()
         .timeout(Duration::from_secs(60))
         .build()
         .expect("client");
