@@ -349,6 +349,7 @@ impl Proxy {
             authorization: parts.headers.contains_key(header::AUTHORIZATION),
             cookie: parts.headers.contains_key(header::COOKIE),
         };
+        let request = CacheControl::from_values(parts.headers.get_all(header::CACHE_CONTROL));
         // A long poll waits only for a client that names what it has; without
         // If-None-Match the origin answers at once, so the cache may too.
         if let Some(wait) = rules::prefer_wait(&parts.headers)
@@ -358,12 +359,11 @@ impl Proxy {
             if facts.authorization || facts.cookie {
                 return self.pass_long_poll(&parts, url, &key, wait, peer).await;
             }
-            return self.long_poll(&parts, url, key, inm, wait).await;
+            return self.long_poll(&parts, url, key, inm, wait, &request).await;
         }
         if facts.authorization || facts.cookie {
             return self.credentialed(&parts, peer, url, key, facts).await;
         }
-        let request = CacheControl::from_values(parts.headers.get_all(header::CACHE_CONTROL));
         self.cached(&parts, url, key, &request).await
     }
 
@@ -389,10 +389,7 @@ impl Proxy {
         let age = entry.age(now);
         let ttl = rules::ttl_seconds(&entry.freshness, age);
         match rules::reuse_for_request(&entry.freshness, age, request) {
-            Reuse::Fresh => {
-                m.hits.inc();
-                Ok(answer(&entry, parts, CacheStatus::hit(ttl), now))
-            }
+            Reuse::Fresh => Ok(self.fresh_hit(&entry, parts, now, None)),
             Reuse::StaleWhileRevalidate => {
                 m.stale.inc();
                 // One refresh at a time (the flight), and none for a second
@@ -477,6 +474,22 @@ impl Proxy {
         }
     }
 
+    /// The answer from `entry`, fresh as it is, counted as a hit.
+    fn fresh_hit(
+        &self,
+        entry: &Entry,
+        parts: &Parts,
+        now: SystemTime,
+        detail: Option<Detail>,
+    ) -> Response {
+        self.inner.metrics.hits.inc();
+        let mut status = CacheStatus::hit(rules::ttl_seconds(&entry.freshness, entry.age(now)));
+        if let Some(detail) = detail {
+            status = status.detail(detail);
+        }
+        answer(entry, parts, status, now)
+    }
+
     /// What a fill stored for `key` after this request looked: a hit if it may be
     /// used as it is, otherwise the stored entry (if any) to go on with.
     async fn stored_since(
@@ -487,9 +500,7 @@ impl Proxy {
         let now = SystemTime::now();
         match self.inner.cache.get(key).await {
             Some(entry) if entry.reuse(now) == Reuse::Fresh => {
-                self.inner.metrics.hits.inc();
-                let ttl = rules::ttl_seconds(&entry.freshness, entry.age(now));
-                Ok(answer(&entry, parts, CacheStatus::hit(ttl), now))
+                Ok(self.fresh_hit(&entry, parts, now, None))
             }
             other => Err(other),
         }

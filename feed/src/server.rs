@@ -552,7 +552,6 @@ impl FeedServer {
         })
     }
 
-    /// Renders the feed document `nav.this` of the log or of a stream.
     /// Sealed page `nav.this` of the log, as Atom, linking the page before it by
     /// `prev_archive_digest`.
     fn render_sealed_page(
@@ -565,6 +564,7 @@ impl FeedServer {
         self.render_page(Which::Log, nav, entries, None, never, prev_archive_digest)
     }
 
+    /// Renders the feed document `nav.this` of the log or of a stream.
     fn render_page(
         &self,
         which: Which<'_>,

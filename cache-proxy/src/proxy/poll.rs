@@ -27,8 +27,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use url::Url;
 
 use super::{
-    Buffered, FLIGHT_SLACK, Proxy, answer, cache_status_name, canonical, pass_headers,
-    store_verdict, wait_error,
+    Buffered, FLIGHT_SLACK, Proxy, cache_status_name, canonical, pass_headers, store_verdict,
+    wait_error,
 };
 use crate::budget::Held;
 use crate::cache_control::CacheControl;
@@ -79,6 +79,7 @@ impl Proxy {
         key: CacheKey,
         if_none_match: HeaderValue,
         wait: u64,
+        request: &CacheControl,
     ) -> Result<Response, ProxyError> {
         let cfg = &self.inner.config;
         // A client whose copy is not the fresh head stored here gets that head at
@@ -89,15 +90,9 @@ impl Proxy {
         if let Some(entry) = self.inner.cache.get(&key).await
             && entry.status == StatusCode::OK
             && !rules::if_none_match_matches(&if_none_match, entry.etag())
+            && rules::reuse_for_request(&entry.freshness, entry.age(now), request) == Reuse::Fresh
         {
-            let age = entry.age(now);
-            let request = CacheControl::from_values(parts.headers.get_all(header::CACHE_CONTROL));
-            if rules::reuse_for_request(&entry.freshness, age, &request) == Reuse::Fresh {
-                self.inner.metrics.hits.inc();
-                let ttl = rules::ttl_seconds(&entry.freshness, age);
-                let status = CacheStatus::hit(ttl).detail(Detail::LongPoll);
-                return Ok(answer(&entry, parts, status, now));
-            }
+            return Ok(self.fresh_hit(&entry, parts, now, Some(Detail::LongPoll)));
         }
         let poll_key = PollKey {
             key: key.clone(),
