@@ -816,15 +816,39 @@ async fn p5_offload(o: &Options, dir: &Path, client: &reqwest::Client) -> anyhow
 // ---------------------------------------------------------------------------
 // P6: appends on PostgreSQL
 
-const RAW_TABLE: &str = "CREATE TABLE raw_events (position BIGSERIAL PRIMARY KEY, id TEXT NOT NULL UNIQUE, \
-    stream TEXT NOT NULL, stream_version BIGINT NOT NULL, type TEXT NOT NULL, occurred_at TEXT NOT NULL, \
-    data TEXT NOT NULL, metadata TEXT NOT NULL)";
+const RAW_TABLES: [&str; 3] = [
+    "CREATE TABLE raw_events (position BIGSERIAL PRIMARY KEY, id TEXT NOT NULL UNIQUE, \
+     stream TEXT NOT NULL, stream_version BIGINT NOT NULL, type TEXT NOT NULL, occurred_at TEXT NOT NULL, \
+     data TEXT NOT NULL, metadata TEXT NOT NULL)",
+    "CREATE TABLE locked_events (position BIGINT PRIMARY KEY, id TEXT NOT NULL UNIQUE, \
+     stream TEXT NOT NULL, stream_version BIGINT NOT NULL, type TEXT NOT NULL, occurred_at TEXT NOT NULL, \
+     data TEXT NOT NULL, metadata TEXT NOT NULL)",
+    "CREATE TABLE locked_head (id INTEGER PRIMARY KEY, position BIGINT NOT NULL); \
+     INSERT INTO locked_head VALUES (1, 0)",
+];
+
+/// What each P6 writer does in its transactions.
+#[derive(Clone, Copy, PartialEq)]
+enum Appends {
+    /// `EventLog::append`.
+    Log,
+    /// A plain INSERT into a table with no log semantics: the baseline.
+    Raw,
+    /// The least an append with gapless, commit-ordered positions must do: lock a
+    /// counter row until the commit, insert at the next position, move the counter.
+    /// No id or version checks, no NOTIFY. A reference for what the lock costs.
+    LockOnly,
+}
 
 /// Appends `n` events, one per transaction, from `writers` concurrent writers;
 /// returns events/s.
-async fn pg_appends(log: &EventLog, n: u64, writers: usize, raw: bool) -> anyhow::Result<f64> {
+async fn pg_appends(log: &EventLog, n: u64, writers: usize, how: Appends) -> anyhow::Result<f64> {
     let next = Arc::new(AtomicU64::new(0));
-    let offset = if raw { 10_000_000 } else { 0 };
+    let offset = match how {
+        Appends::Log => 0,
+        Appends::Raw => 10_000_000,
+        Appends::LockOnly => 20_000_000,
+    };
     let started = Instant::now();
     let tasks: Vec<_> = (0..writers)
         .map(|_| {
@@ -837,23 +861,35 @@ async fn pg_appends(log: &EventLog, n: u64, writers: usize, raw: bool) -> anyhow
                     }
                     let events = sample_events(offset + i, 1);
                     let mut tx = log.begin().await?;
-                    if raw {
-                        let e = &events[0];
-                        sqlx::query(
+                    let sql = match how {
+                        Appends::Log => {
+                            log.append(&mut tx, Expected::Any, &events).await?;
+                            None
+                        }
+                        Appends::Raw => Some(
                             "INSERT INTO raw_events (id, stream, stream_version, type, occurred_at, data, metadata) \
                              VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                        )
-                        .bind(e.id.to_string())
-                        .bind(e.stream.as_str())
-                        .bind(i as i64)
-                        .bind(e.event_type.as_str())
-                        .bind(feed::atom::format_time(&e.occurred_at))
-                        .bind(e.data.to_string())
-                        .bind(e.metadata.to_string())
-                        .execute(&mut *tx)
-                        .await?;
-                    } else {
-                        log.append(&mut tx, Expected::Any, &events).await?;
+                        ),
+                        Appends::LockOnly => Some(
+                            "WITH locked AS MATERIALIZED (SELECT position FROM locked_head WHERE id = 1 FOR UPDATE), \
+                             ins AS (INSERT INTO locked_events (position, id, stream, stream_version, type, occurred_at, data, metadata) \
+                               SELECT locked.position + 1, $1, $2, $3, $4, $5, $6, $7 FROM locked), \
+                             upd AS (UPDATE locked_head SET position = locked.position + 1 FROM locked WHERE locked_head.id = 1) \
+                             SELECT position FROM locked",
+                        ),
+                    };
+                    if let Some(sql) = sql {
+                        let e = &events[0];
+                        sqlx::query(sql)
+                            .bind(e.id.to_string())
+                            .bind(e.stream.as_str())
+                            .bind(i as i64)
+                            .bind(e.event_type.as_str())
+                            .bind(feed::atom::format_time(&e.occurred_at))
+                            .bind(e.data.to_string())
+                            .bind(e.metadata.to_string())
+                            .execute(&mut *tx)
+                            .await?;
                     }
                     tx.commit().await?;
                 }
@@ -871,20 +907,32 @@ async fn p6_postgres(o: &Options) -> anyhow::Result<Vec<Row>> {
         bail!("PostgreSQL server binaries are not installed");
     };
     let log = EventLog::connect(&pg.database("bench")).await?;
-    sqlx::query(RAW_TABLE)
-        .execute(log.database().pool())
-        .await?;
+    for sql in RAW_TABLES {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(log.database().pool())
+            .await?;
+    }
     let mut rows = Vec::new();
     for (writers, n) in [(1usize, o.pg_events / 4), (16, o.pg_events)] {
         eprintln!("P6: {n} appends, {writers} writer(s)");
-        let ours = pg_appends(&log, n, writers, false).await?;
-        let raw = pg_appends(&log, n, writers, true).await?;
+        let ours = pg_appends(&log, n, writers, Appends::Log).await?;
+        let raw = pg_appends(&log, n, writers, Appends::Raw).await?;
+        let locked = pg_appends(&log, n, writers, Appends::LockOnly).await?;
         rows.push(Row::ratio_at_least(
             "P6",
             format!("PostgreSQL appends, one event per transaction, {writers} writer(s)"),
             (ours, per_sec(ours)),
             (raw, format!("{} (raw INSERT)", per_sec(raw))),
             0.5,
+        ));
+        rows.push(Row::reference(
+            "P6",
+            format!(
+                "reference: the least a gapless append does (a counter row locked until commit, \
+                 the insert, the counter moved), {writers} writer(s)"
+            ),
+            (locked, per_sec(locked)),
+            (raw, format!("{} (raw INSERT)", per_sec(raw))),
         ));
     }
     Ok(rows)

@@ -37,6 +37,24 @@ impl Row {
         }
     }
 
+    /// A row with a ratio but no goal: a reference that shows what bounds a measure.
+    pub(crate) fn reference(
+        id: &'static str,
+        measure: impl Into<String>,
+        (ours, ours_text): (f64, String),
+        (baseline, baseline_text): (f64, String),
+    ) -> Row {
+        Row {
+            id,
+            measure: measure.into(),
+            ours: ours_text,
+            baseline: baseline_text,
+            ratio: (baseline > 0.0).then(|| ours / baseline),
+            goal: "- (reference)".into(),
+            met: None,
+        }
+    }
+
     /// A row that could not run, saying why.
     pub(crate) fn missing(
         id: &'static str,

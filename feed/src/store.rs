@@ -35,7 +35,6 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -133,9 +132,6 @@ struct Changes {
     waiter_arrived: Notify,
     /// The page layout and the `layout_version` it was read at.
     layout: std::sync::RwLock<(i64, Arc<PageLayout>)>,
-    /// Whether the last PostgreSQL append found that another one committed while it
-    /// waited for the lock (see [`append_in_one_statement`]).
-    contended: AtomicBool,
 }
 
 impl EventLog {
@@ -149,7 +145,6 @@ impl EventLog {
                 head,
                 waiter_arrived: Notify::new(),
                 layout: std::sync::RwLock::new((-1, Arc::new(default_layout()))),
-                contended: AtomicBool::new(false),
             }),
         };
         log.head().await.map_err(|e| match e {
@@ -218,9 +213,7 @@ impl EventLog {
             && events.len() <= INSERT_CHUNK
             && ids.iter().collect::<HashSet<_>>().len() == ids.len()
         {
-            match append_in_one_statement(tx, expected, events, &ids, &self.changes.contended)
-                .await?
-            {
+            match append_in_one_statement(tx, expected, events, &ids).await? {
                 OneStatement::Appended(head) => {
                     self.db.commits().expect();
                     let first = head - events.len() as Position + 1;
@@ -913,8 +906,9 @@ enum OneStatement {
     Appended(Position),
     /// Nothing was written: the stream is at this version, not the expected one.
     Conflict(u64),
-    /// Nothing was written, because some of the ids are already stored: the caller
-    /// holds the lock at this head and takes the general path.
+    /// Nothing was written, because some of the ids may already be stored or the
+    /// stream may have moved: the caller holds the lock at this head and takes the
+    /// general path, which reads both again.
     Declined(Position),
 }
 
@@ -922,38 +916,26 @@ enum OneStatement {
 /// a single statement: it takes the lock, reads the head and the stream's version,
 /// checks the expected version and that no id is stored, inserts, moves the head and
 /// notifies. With the transaction's BEGIN and COMMIT that is three round trips, like
-/// a plain INSERT.
+/// a plain INSERT, and the lock is held from this statement to the COMMIT only.
 ///
 /// The statement's reads see the snapshot taken when it started, which may be older
-/// than the moment it got the lock (see [`lock_and_look_up`]). So it writes only when
-/// the head it locked is the head in that snapshot, which means no append committed
-/// in between. Otherwise it writes nothing and runs once more: it now holds the lock,
-/// so no append can commit before its second snapshot.
-///
-/// When appends queue for the lock, most first attempts would be wasted that way.
-/// So after an append found it had waited for another one (`contended`), the next
-/// one takes the lock first in a statement of its own, which also tells whether the
-/// queue is still there.
+/// than the moment it got the lock (see [`lock_and_look_up`]): an append that
+/// committed while it waited is not in them. The locked head is current, because
+/// `FOR UPDATE` returns the newest version of the row it waited for, so the events
+/// go in right above it. What the reads may have missed the unique constraints see:
+/// the insert skips (`ON CONFLICT DO NOTHING`) an event whose id is stored, or whose
+/// stream version is taken, which is how a stream that moved shows up, since stream
+/// versions have no gaps. So when every event went in, the reads were right about
+/// these ids and this stream, and the head moves. When one was skipped, the statement
+/// leaves the head alone, the events it did insert are deleted again (they are this
+/// transaction's own, never seen by anyone), and the caller takes the general path,
+/// still holding the lock.
 async fn append_in_one_statement(
     tx: &mut AnyConnection,
     expected: Expected,
     events: &[NewEvent],
     ids: &[String],
-    contended: &AtomicBool,
 ) -> Result<OneStatement, sqlx::Error> {
-    // A first attempt may find that an append committed while it waited; the one
-    // after it cannot, because it runs holding the lock.
-    let mut first_attempt = true;
-    if contended.load(AtomicOrdering::Relaxed) {
-        let (locked, seen): (i64, i64) = sqlx::query_as(
-            "WITH locked AS MATERIALIZED (SELECT position FROM feed_head WHERE id = 1 FOR UPDATE) \
-             SELECT locked.position, (SELECT position FROM feed_head WHERE id = 1) FROM locked",
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        contended.store(locked != seen, AtomicOrdering::Relaxed);
-        first_attempt = false;
-    }
     let n = events.len();
     // $1 stream, $2 expected version (-1: any), $3 channel, then five per event.
     let values: Vec<String> = (0..n)
@@ -971,16 +953,19 @@ async fn append_in_one_statement(
          seen AS MATERIALIZED (SELECT position FROM feed_head WHERE id = 1), \
          cur AS MATERIALIZED (SELECT COALESCE(MAX(stream_version), 0) AS v FROM feed_events WHERE stream = $1), \
          dup AS MATERIALIZED (SELECT COUNT(*) AS c FROM feed_events WHERE id IN ({ids})), \
-         ok AS MATERIALIZED (SELECT locked.position AS head, cur.v FROM locked, seen, cur, dup \
-           WHERE locked.position = seen.position AND dup.c = 0 \
-           AND (CAST($2 AS BIGINT) < 0 OR cur.v = $2)), \
+         ok AS MATERIALIZED (SELECT locked.position AS head, cur.v FROM locked, cur, dup \
+           WHERE dup.c = 0 AND (CAST($2 AS BIGINT) < 0 OR cur.v = $2)), \
          ins AS (INSERT INTO feed_events (position, id, stream, stream_version, type, occurred_at, data, metadata) \
            SELECT ok.head + x.k, x.id, $1, ok.v + x.k, x.t, x.a, x.d, x.m \
-           FROM ok, (VALUES {values}) AS x (k, id, t, a, d, m)), \
-         upd AS (UPDATE feed_head SET position = ok.head + {n} FROM ok WHERE feed_head.id = 1), \
-         notified AS MATERIALIZED (SELECT pg_notify($3, CAST(ok.head + {n} AS TEXT)) FROM ok) \
-         SELECT locked.position, seen.position, cur.v, dup.c, (SELECT COUNT(*) FROM notified) \
-         FROM locked, seen, cur, dup",
+           FROM ok, (VALUES {values}) AS x (k, id, t, a, d, m) \
+           ON CONFLICT DO NOTHING RETURNING position), \
+         inserted AS MATERIALIZED (SELECT COUNT(*) AS c, STRING_AGG(CAST(position AS TEXT), ',') AS p FROM ins), \
+         upd AS (UPDATE feed_head SET position = ok.head + {n} FROM ok, inserted \
+           WHERE feed_head.id = 1 AND inserted.c = {n}), \
+         notified AS MATERIALIZED (SELECT pg_notify($3, CAST(ok.head + {n} AS TEXT)) FROM ok, inserted \
+           WHERE inserted.c = {n}) \
+         SELECT locked.position, seen.position, cur.v, dup.c, inserted.p, (SELECT COUNT(*) FROM notified) \
+         FROM locked, seen, cur, dup, inserted",
         ids = id_params.join(", "),
         values = values.join(", "),
     );
@@ -989,43 +974,37 @@ async fn append_in_one_statement(
         Expected::NoStream => 0,
         Expected::Version(v) => v as i64,
     };
-    loop {
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+    let mut q =
+        sqlx::query_as::<_, (i64, i64, i64, i64, Option<String>, i64)>(sqlx::AssertSqlSafe(sql))
             .bind(events[0].stream.as_str())
             .bind(expected)
             .bind(NOTIFY_CHANNEL);
-        for (e, id) in events.iter().zip(ids) {
-            q = q
-                .bind(id.as_str())
-                .bind(e.event_type.as_str())
-                .bind(format_time(&e.occurred_at))
-                .bind(e.data.json_text().into_owned())
-                .bind(e.metadata.json_text().into_owned());
-        }
-        let row = q.fetch_one(&mut *tx).await?;
-        let (locked, seen, version, stored, notified): (i64, i64, i64, i64, i64) = (
-            row.try_get(0)?,
-            row.try_get(1)?,
-            row.try_get(2)?,
-            row.try_get(3)?,
-            row.try_get(4)?,
-        );
-        let head = locked as Position;
-        if first_attempt {
-            contended.store(locked != seen, AtomicOrdering::Relaxed);
-        }
-        if notified == 1 {
-            return Ok(OneStatement::Appended(head + n as Position));
-        }
-        if locked != seen && first_attempt {
-            first_attempt = false;
-            continue;
-        }
-        if stored > 0 || locked != seen {
-            return Ok(OneStatement::Declined(head));
-        }
+    for (e, id) in events.iter().zip(ids) {
+        q = q
+            .bind(id.as_str())
+            .bind(e.event_type.as_str())
+            .bind(format_time(&e.occurred_at))
+            .bind(e.data.json_text().into_owned())
+            .bind(e.metadata.json_text().into_owned());
+    }
+    let (locked, seen, version, stored, inserted, notified) = q.fetch_one(&mut *tx).await?;
+    let head = locked as Position;
+    if notified == 1 {
+        return Ok(OneStatement::Appended(head + n as Position));
+    }
+    if let Some(positions) = &inserted {
+        // Only what this statement inserted, by the positions it returned.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM feed_events WHERE position IN ({positions})"
+        )))
+        .execute(&mut *tx)
+        .await?;
+    }
+    if stored == 0 && locked == seen && expected >= 0 && version != expected {
+        // The reads were current and found the stream at another version.
         return Ok(OneStatement::Conflict(version as u64));
     }
+    Ok(OneStatement::Declined(head))
 }
 
 /// Takes the append lock (see the module doc) and returns the current head.

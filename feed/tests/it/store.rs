@@ -565,3 +565,78 @@ async fn postgres_concurrent_retries_store_each_event_once() {
     )
     .await;
 }
+
+/// Writers append batches of one and of two events to the same two streams, with no
+/// version check. An append that waited for the lock has read the stream's version
+/// before the one it waited for committed, so it can find only part of its batch's
+/// versions free. Every event must still be stored once, at the positions and
+/// stream versions its append returned, with no gaps.
+async fn racing_batches_on_shared_streams(log: EventLog) {
+    let mut tasks = Vec::new();
+    for w in 0..4u64 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stored = Vec::new();
+            for i in 0..80u64 {
+                let stream = format!("hot-{}", i % 2);
+                let batch: Vec<_> = (0..w % 2 + 1)
+                    .map(|k| event(&stream, w * 1000 + i * 10 + k))
+                    .collect();
+                let mut tx = log.begin().await.expect("begin");
+                let positions = log
+                    .append(&mut tx, Expected::Any, &batch)
+                    .await
+                    .expect("append");
+                tx.commit().await.expect("commit");
+                assert_eq!(positions.len(), batch.len());
+                stored.extend(batch.into_iter().map(|e| e.id).zip(positions));
+            }
+            stored
+        }));
+    }
+    let mut stored = BTreeMap::new();
+    for t in tasks {
+        for (id, position) in t.await.expect("writer") {
+            assert!(
+                stored.insert(position, id).is_none(),
+                "two appends returned position {position}"
+            );
+        }
+    }
+    let head = log.head().await.expect("head");
+    assert_eq!(head, stored.len() as u64, "each event once");
+    let all = log.read_range(1, u64::MAX).await.expect("read");
+    assert_eq!(
+        all.iter().map(|e| (e.position, e.id)).collect::<Vec<_>>(),
+        stored.into_iter().collect::<Vec<_>>(),
+        "the log holds each event at the position its append returned"
+    );
+    for s in 0..2 {
+        let stream = feed::event::StreamId::parse(format!("hot-{s}")).expect("stream");
+        let events = log.read_stream(&stream, 1, u64::MAX).await.expect("stream");
+        let versions: Vec<u64> = events.iter().map(|e| e.stream_version).collect();
+        assert_eq!(versions, (1..=versions.len() as u64).collect::<Vec<_>>());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_racing_batches_on_shared_streams_store_each_event_once() {
+    let dir = tempfile::tempdir().expect("tmp");
+    racing_batches_on_shared_streams(
+        EventLog::connect(&sqlite_url(&dir, "log.db"))
+            .await
+            .expect("log"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_racing_batches_on_shared_streams_store_each_event_once() {
+    let Some(pg) = PgCluster::start() else { return };
+    racing_batches_on_shared_streams(
+        EventLog::connect(&pg.database("shared_streams"))
+            .await
+            .expect("log"),
+    )
+    .await;
+}
