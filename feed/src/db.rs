@@ -153,10 +153,15 @@ impl Database {
         let mut pool = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
         if backend == Backend::Sqlite {
             let commits = commits.clone();
-            pool = pool.after_release(move |_conn, _meta| {
-                commits.connection_returned();
-                Box::pin(async { Ok(true) })
-            });
+            // A SQLite connection is a file handle in this process: nothing can
+            // break it between uses, so the pool does not ping it (a hand-over to
+            // its worker thread and back) every time it lends it out.
+            pool = pool
+                .test_before_acquire(false)
+                .after_release(move |_conn, _meta| {
+                    commits.connection_returned();
+                    Box::pin(async { Ok(true) })
+                });
         }
         if url.contains(":memory:") {
             // Every connection to :memory: is a separate database: keep exactly one.

@@ -640,3 +640,70 @@ async fn postgres_racing_batches_on_shared_streams_store_each_event_once() {
     )
     .await;
 }
+
+/// What a mirror does: imports events with their positions. Overlapping batches
+/// skip what is stored, a gap or a different event at a taken position is refused
+/// with nothing written, and the result is the source, event for event.
+async fn importing_continues_the_log_and_refuses_gaps_and_divergence(target: EventLog) {
+    let source = EventLog::connect("sqlite::memory:").await.expect("source");
+    crate::helpers::append_n(&source, 10, 3).await;
+    let all = source.read_range(1, u64::MAX).await.expect("read");
+    let import = |events: Vec<feed::Event>| {
+        let target = target.clone();
+        async move {
+            let mut tx = target.begin().await.expect("begin");
+            let r = target.import(&mut tx, &events).await;
+            if r.is_ok() {
+                tx.commit().await.expect("commit");
+            }
+            r
+        }
+    };
+    import(all[0..4].to_vec()).await.expect("first four");
+    assert_eq!(target.head().await.expect("head"), 4);
+    import(all[2..7].to_vec())
+        .await
+        .expect("an overlapping batch");
+    import(all[5..7].to_vec())
+        .await
+        .expect("a batch already stored");
+    assert_eq!(target.head().await.expect("head"), 7);
+    match import(all[8..10].to_vec()).await {
+        Err(feed::store::StoreError::NotNext { expected, got }) => {
+            assert_eq!((expected, got), (8, 9));
+        }
+        other => panic!("a gap was not refused: {other:?}"),
+    }
+    let mut other = all[2].clone();
+    other.id = uuid::Uuid::now_v7();
+    match import(vec![other]).await {
+        Err(feed::store::StoreError::Diverged(3)) => {}
+        other => panic!("a different event at position 3 was not refused: {other:?}"),
+    }
+    assert_eq!(target.head().await.expect("head"), 7, "nothing written");
+    import(all[7..10].to_vec()).await.expect("the rest");
+    let copied = target.read_range(1, u64::MAX).await.expect("read");
+    assert_eq!(copied, all);
+}
+
+#[tokio::test]
+async fn sqlite_imports_continue_the_log_and_refuse_gaps_and_divergence() {
+    let dir = tempfile::tempdir().expect("tmp");
+    importing_continues_the_log_and_refuses_gaps_and_divergence(
+        EventLog::connect(&sqlite_url(&dir, "mirror.db"))
+            .await
+            .expect("log"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_imports_continue_the_log_and_refuse_gaps_and_divergence() {
+    let Some(pg) = PgCluster::start() else { return };
+    importing_continues_the_log_and_refuses_gaps_and_divergence(
+        EventLog::connect(&pg.database("mirror"))
+            .await
+            .expect("log"),
+    )
+    .await;
+}
