@@ -11,7 +11,8 @@
 //!   lock, so two concurrent retries cannot both insert.
 //! - **Optimistic concurrency per stream.** The caller names the version it expects;
 //!   a mismatch is [`AppendError::Conflict`] and nothing is written.
-//! - **Events are never updated or deleted.**
+//! - **Events are never updated or deleted.** (A PostgreSQL append may delete rows
+//!   it inserted itself, before anyone could see them: see `append_in_one_statement`.)
 //!
 //! - **The database holds the page layout.** Every process serving the log keeps a
 //!   copy of `feed_page_sizes` and the `feed_head.layout_version` it was read at;
