@@ -43,6 +43,10 @@ pub(crate) struct Options {
     /// Entries per sealed page of the replayed feed (default: the feed's default).
     #[arg(long, env = "BENCH_PAGE_SIZE", default_value_t = feed::DEFAULT_PAGE_SIZE)]
     pub(crate) page_size: u64,
+    /// Rounds of P1, each with its own copy, origin and cache-proxy; the table shows
+    /// the medians and their range (its rates move by 10-20 % from run to run).
+    #[arg(long, env = "BENCH_P1_ROUNDS", default_value_t = 3)]
+    pub(crate) p1_rounds: usize,
     /// Seconds of each wrk run.
     #[arg(long, env = "BENCH_WRK_SECONDS", default_value_t = 5)]
     pub(crate) wrk_seconds: u64,
