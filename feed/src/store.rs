@@ -960,7 +960,7 @@ async fn append_in_one_statement(
          dup AS MATERIALIZED (SELECT COUNT(*) AS c FROM feed_events WHERE id IN ({ids})), \
          ok AS MATERIALIZED (SELECT locked.position AS head, cur.v FROM locked, cur, dup \
            WHERE dup.c = 0 AND (CAST($2 AS BIGINT) < 0 OR cur.v = $2)), \
-         ins AS (INSERT INTO feed_events (position, id, stream, stream_version, type, occurred_at, data, metadata) \
+         ins AS ({INSERT_EVENTS} \
            SELECT ok.head + x.k, x.id, $1, ok.v + x.k, x.t, x.a, x.d, x.m \
            FROM ok, (VALUES {values}) AS x (k, id, t, a, d, m) \
            ON CONFLICT DO NOTHING RETURNING position), \
@@ -1024,13 +1024,13 @@ async fn import_next_on_sqlite(
     rows: &[Row8<'_>],
     head: Position,
 ) -> Result<bool, sqlx::Error> {
+    let row = format!("({})", placeholders(Backend::Sqlite, 1, 8));
     let mut sql = String::new();
     for chunk in rows.chunks(INSERT_CHUNK) {
-        let values: Vec<&str> = vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()];
         sql.push_str(&format!(
-            "INSERT INTO feed_events (position, id, stream, stream_version, type, occurred_at, data, metadata) \
-             SELECT * FROM (VALUES {}) WHERE (SELECT position FROM feed_head WHERE id = 1) = ?; ",
-            values.join(", ")
+            "{INSERT_EVENTS} SELECT * FROM (VALUES {}) \
+             WHERE (SELECT position FROM feed_head WHERE id = 1) = ?; ",
+            vec![row.as_str(); chunk.len()].join(", ")
         ));
     }
     sql.push_str("UPDATE feed_head SET position = ? WHERE id = 1 AND position = ?");
@@ -1267,15 +1267,15 @@ impl<'a> Row8<'a> {
     }
 }
 
+/// The start of an INSERT of whole rows, in the order [`bind_rows`] binds them.
+const INSERT_EVENTS: &str = "INSERT INTO feed_events (position, id, stream, stream_version, type, occurred_at, data, metadata)";
+
 /// A multi-row INSERT of `n` rows, bound from `$1` by [`bind_rows`].
 fn insert_sql(backend: Backend, n: usize) -> String {
     let values: Vec<String> = (0..n)
         .map(|i| format!("({})", placeholders(backend, i * 8 + 1, 8)))
         .collect();
-    format!(
-        "INSERT INTO feed_events (position, id, stream, stream_version, type, occurred_at, data, metadata) VALUES {}",
-        values.join(", ")
-    )
+    format!("{INSERT_EVENTS} VALUES {}", values.join(", "))
 }
 
 fn bind_rows<'q>(mut q: Query<'q>, rows: &'q [Row8<'_>]) -> Query<'q> {
