@@ -86,6 +86,8 @@ use crate::negotiate::{self, Coding, Format};
 use crate::page::{Doc, PageLayout, PageRange, parse_position};
 use crate::store::{EventLog, StoreError};
 
+mod threads;
+
 /// `Cache-Control` of sealed pages and events: they never change.
 pub const IMMUTABLE: &str = "max-age=31536000, immutable";
 /// `Cache-Control` of the head. Never `no-cache` / `max-age=0`: a cache must be able
@@ -228,6 +230,16 @@ impl FeedServer {
     /// read ahead for a client walking the archive.
     pub fn pages_rendered(&self) -> u64 {
         self.inner.pages_rendered.load(Ordering::Relaxed)
+    }
+
+    /// How many long polls the server is holding now, over all clients.
+    pub fn long_polls_held(&self) -> usize {
+        self.inner
+            .long_polls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .sum()
     }
 
     /// The log behind the feed.
@@ -1579,6 +1591,10 @@ pub async fn serve(
 /// `ConnectInfo<SocketAddr>`. Headers beyond hyper's read buffer (four times
 /// [`MAX_HEADER_BYTES`]) get hyper's own bare 431; the routes answer problem+json
 /// for everything smaller.
+///
+/// Connections are accepted here and served on the process's serving threads, one
+/// single-threaded runtime per core (see `server/threads.rs`), each connection on
+/// one thread for its whole life.
 pub async fn serve_with(
     listener: tokio::net::TcpListener,
     router: Router,
@@ -1598,6 +1614,7 @@ pub async fn serve_with(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(4 * MAX_HEADER_BYTES).unwrap_or(u32::MAX));
+    let builder = Arc::new(builder);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -1613,22 +1630,48 @@ pub async fn serve_with(
             },
             () = &mut shutdown => break,
         };
+        // Without TCP_NODELAY the tail of a response can wait for the client's
+        // delayed ACK (Nagle), which caps throughput per connection.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(client = %addr, error = %e, "cannot set TCP_NODELAY");
+        }
         let router = router.clone();
-        let service =
-            hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                req.extensions_mut()
-                    .insert(axum::extract::ConnectInfo(addr));
-                router.clone().oneshot(req)
-            });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let connection = async move |stream: tokio::net::TcpStream| {
+            let service =
+                hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(addr));
+                    router.clone().oneshot(req)
+                });
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(client = %addr, error = %e, "connection ended with an error");
             }
-        });
+        };
+        // The connection moves to a serving thread: off this runtime's reactor,
+        // onto that thread's.
+        match threads::next() {
+            Some(thread) => match stream.into_std() {
+                Ok(stream) => {
+                    thread.spawn(async move {
+                        match tokio::net::TcpStream::from_std(stream) {
+                            Ok(stream) => connection(stream).await,
+                            Err(e) => {
+                                tracing::debug!(client = %addr, error = %e, "cannot serve a connection");
+                            }
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::debug!(client = %addr, error = %e, "cannot serve a connection");
+                }
+            },
+            None => {
+                tokio::spawn(connection(stream));
+            }
+        }
     }
     drop(listener);
     graceful.shutdown().await;

@@ -186,74 +186,87 @@ pub(crate) async fn spawn_varnish_at(backend: SocketAddr, test: &str) -> Option<
         );
         return None;
     };
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-        .expect("chmod dir");
-    let vcl = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/varnish/default.vcl"))
-        .expect("read default.vcl");
-    let vcl = vcl
-        .replace(
-            ".host = \"127.0.0.1\";",
-            &format!(".host = \"{}\";", backend.ip()),
-        )
-        .replace(
-            ".port = \"8080\";",
-            &format!(".port = \"{}\";", backend.port()),
-        );
-    let vcl_path = dir.path().join("default.vcl");
-    std::fs::write(&vcl_path, vcl).expect("write vcl");
-    std::fs::set_permissions(&vcl_path, std::fs::Permissions::from_mode(0o644)).expect("chmod vcl");
-    let port = free_port();
-    let admin = free_port();
-    let workdir = dir.path().join("varnish");
-    let stderr_path = dir.path().join("varnishd.stderr");
-    let stderr = std::fs::File::create(&stderr_path).expect("varnishd stderr file");
-    let child = Command::new(varnishd)
-        .arg("-F")
-        .arg("-n")
-        .arg(&workdir)
-        .arg("-a")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("-T")
-        .arg(format!("127.0.0.1:{admin}"))
-        .arg("-f")
-        .arg(&vcl_path)
-        .arg("-s")
-        .arg("malloc,64m")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .expect("start varnishd");
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut varnish = Varnish {
-        addr,
-        child,
-        log: None,
-        _dir: dir,
-    };
-    let client = client();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if client.get(format!("http://{addr}/")).send().await.is_ok() {
-            break;
-        }
-        if let Ok(Some(status)) = varnish.child.try_wait() {
-            let output = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-            if output.contains("Could not find VMOD") || output.contains("Could not open VMOD") {
-                eprintln!(
-                    "\n!!!!! SKIPPED {test}: varnish-modules is not installed (apt-get install varnish-modules) !!!!!\n"
-                );
-                return None;
+    let mut attempt = 0;
+    let (mut varnish, port, workdir, stderr_path) = 'start: loop {
+        attempt += 1;
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod dir");
+        let vcl =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/varnish/default.vcl"))
+                .expect("read default.vcl");
+        let vcl = vcl
+            .replace(
+                ".host = \"127.0.0.1\";",
+                &format!(".host = \"{}\";", backend.ip()),
+            )
+            .replace(
+                ".port = \"8080\";",
+                &format!(".port = \"{}\";", backend.port()),
+            );
+        let vcl_path = dir.path().join("default.vcl");
+        std::fs::write(&vcl_path, vcl).expect("write vcl");
+        std::fs::set_permissions(&vcl_path, std::fs::Permissions::from_mode(0o644))
+            .expect("chmod vcl");
+        let port = free_port();
+        let admin = free_port();
+        let workdir = dir.path().join("varnish");
+        let stderr_path = dir.path().join("varnishd.stderr");
+        let stderr = std::fs::File::create(&stderr_path).expect("varnishd stderr file");
+        let child = Command::new(&varnishd)
+            .arg("-F")
+            .arg("-n")
+            .arg(&workdir)
+            .arg("-a")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("-T")
+            .arg(format!("127.0.0.1:{admin}"))
+            .arg("-f")
+            .arg(&vcl_path)
+            .arg("-s")
+            .arg("malloc,64m")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start varnishd");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut varnish = Varnish {
+            addr,
+            child,
+            log: None,
+            _dir: dir,
+        };
+        let client = client();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if client.get(format!("http://{addr}/")).send().await.is_ok() {
+                break 'start (varnish, port, workdir, stderr_path);
             }
-            panic!("varnishd exited with {status}:\n{output}");
+            if let Ok(Some(status)) = varnish.child.try_wait() {
+                let output = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                if output.contains("Could not find VMOD") || output.contains("Could not open VMOD")
+                {
+                    eprintln!(
+                        "\n!!!!! SKIPPED {test}: varnish-modules is not installed (apt-get install varnish-modules) !!!!!\n"
+                    );
+                    return None;
+                }
+                // Another socket of this test run took the port between
+                // `free_port` and varnishd's bind: start again on new ports.
+                if output.contains("Address already in use") && attempt < 3 {
+                    continue 'start;
+                }
+                panic!("varnishd exited with {status}:\n{output}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "varnishd did not start within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(
-            Instant::now() < deadline,
-            "varnishd did not start within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
+    let addr = varnish.addr;
     if std::env::var_os("TEST_LOG").is_some() {
         eprintln!("varnishd's own output goes to {}", stderr_path.display());
         let file = std::env::temp_dir().join(format!("varnishlog-{port}.txt"));

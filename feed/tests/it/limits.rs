@@ -18,7 +18,7 @@ async fn small_feed(dir: &tempfile::TempDir) -> (TestFeed, EventLog) {
 }
 
 /// An empty feed served by `serve_with` with `limits`: its address, the sender that
-/// stops it, and the serving task.
+/// stops it, the serving task and the feed server.
 async fn serve_limited(
     dir: &tempfile::TempDir,
     limits: ServeLimits,
@@ -26,6 +26,7 @@ async fn serve_limited(
     std::net::SocketAddr,
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<std::io::Result<()>>,
+    feed::FeedServer,
 ) {
     let log = EventLog::connect(&sqlite_url(dir, "log.db"))
         .await
@@ -46,7 +47,7 @@ async fn serve_limited(
         },
         limits,
     ));
-    (addr, stop, serving)
+    (addr, stop, serving, server)
 }
 
 async fn assert_problem(r: reqwest::Response, status: u16) -> serde_json::Value {
@@ -127,7 +128,7 @@ async fn a_slowloris_client_sending_a_byte_per_second_is_disconnected_within_the
     let limits = ServeLimits {
         header_read_timeout: Duration::from_secs(2),
     };
-    let (addr, stop, serving) = serve_limited(&dir, limits).await;
+    let (addr, stop, serving, _) = serve_limited(&dir, limits).await;
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (mut read, mut write) = stream.into_split();
     let started = Instant::now();
@@ -248,7 +249,7 @@ async fn a_client_that_drops_idle_connections_in_time_never_meets_one_being_clos
     let limits = ServeLimits {
         header_read_timeout: Duration::from_millis(200),
     };
-    let (addr, stop, serving) = serve_limited(&dir, limits).await;
+    let (addr, stop, serving, _) = serve_limited(&dir, limits).await;
     feed::install_crypto();
     let client = reqwest::Client::builder()
         .pool_idle_timeout(limits.idle_client_timeout())
@@ -265,4 +266,62 @@ async fn a_client_that_drops_idle_connections_in_time_never_meets_one_being_clos
     assert!(failures.is_empty(), "{failures:#?}");
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), serving).await;
+}
+
+/// Stopping a server lets the requests in flight finish, even though their
+/// connections run on the serving threads: `serve` returns only after the long
+/// poll it was holding has been answered, and the port is closed by then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_a_server_waits_for_the_long_poll_in_flight_and_answers_it() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (addr, stop, serving, server) = serve_limited(&dir, ServeLimits::default()).await;
+    let log = server.log().clone();
+    append_n(&log, 2, 2).await;
+    let c = client();
+    let url = format!("http://{addr}/feed");
+    let etag = header(&c.get(&url).send().await.expect("head"), "etag");
+    let poll = {
+        let (c, url) = (c.clone(), url.clone());
+        tokio::spawn(async move {
+            let r = c
+                .get(&url)
+                .header("if-none-match", etag)
+                .header("prefer", "wait=20")
+                .send()
+                .await
+                .expect("long poll answered");
+            (r.status().as_u16(), r.text().await.expect("body"))
+        })
+    };
+    // The poll is held by the server before the stop comes.
+    let held = Instant::now();
+    while server.long_polls_held() == 0 {
+        assert!(
+            held.elapsed() < Duration::from_secs(10),
+            "the poll never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.send(()).expect("server running");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !serving.is_finished(),
+        "serve returned with a request in flight"
+    );
+    append_n(&log, 1, 1).await;
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("the long poll was answered after the append")
+        .expect("poll task");
+    // 200, not the 304 of a wait that ran out: the append was seen.
+    assert_eq!(status, 200, "{body}");
+    tokio::time::timeout(Duration::from_secs(10), serving)
+        .await
+        .expect("serve returned once the poll was answered")
+        .expect("serve task")
+        .expect("serve");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the port is closed after serve returns"
+    );
 }
