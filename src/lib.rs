@@ -310,11 +310,13 @@ pub async fn run(
     // service that closes the connection on an early 413.
     proxy_config.max_body_size = cache_proxy::ByteSize(kit::MAX_BODY_BYTES as u64);
     let proxy = cache_proxy::Proxy::new(proxy_config)?;
+    let limits = proxy.config().serve_limits();
     let site = web::Site::new(&gateway, &config.mounted());
     let app = web::routes(site).merge(cache_proxy::router(proxy));
     let gateway_shutdown = shutdown.clone();
     tasks.spawn(async move {
-        cache_proxy::serve_router(listener, app, gateway_shutdown.cancelled_owned()).await?;
+        cache_proxy::serve_router(listener, app, limits, gateway_shutdown.cancelled_owned())
+            .await?;
         Ok(())
     });
     let mut first_error = None;

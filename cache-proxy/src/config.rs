@@ -144,6 +144,17 @@ impl Config {
         }
     }
 
+    /// How the proxy's server reads requests: the feed server's default limits,
+    /// with room for the request line and header section this config allows, so
+    /// a client over them gets the proxy's own problem+json 414 or 431.
+    pub fn serve_limits(&self) -> feed::server::ServeLimits {
+        let allowed = self.max_header_bytes.0.saturating_add(self.max_uri_bytes.0);
+        feed::server::ServeLimits {
+            max_header_bytes: usize::try_from(allowed).unwrap_or(usize::MAX / 4),
+            ..feed::server::ServeLimits::default()
+        }
+    }
+
     /// Reads the process's command line, environment and `--config` file.
     pub fn load() -> Result<Config, ConfigError> {
         Config::load_from(std::env::args_os())

@@ -56,11 +56,9 @@ fn proptest_cases() -> u32 {
 }
 
 use std::future::Future;
-use std::net::SocketAddr;
 
 use axum::Router;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 pub use config::{ByteSize, Config, ConfigError, Route, RouteError, parse_duration};
@@ -92,27 +90,19 @@ pub async fn serve(
     proxy: Proxy,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_router(listener, router(proxy), shutdown).await
+    let limits = proxy.config().serve_limits();
+    serve_router(listener, router(proxy), limits, shutdown).await
 }
 
 /// Serves a router built on [`router`] (with extra routes) until `shutdown`
-/// resolves; the proxy sees each client's address for `X-Forwarded-For`.
+/// resolves, as the feed server serves ([`feed::server::serve_with`], with
+/// `limits` from [`Config::serve_limits`]); the proxy sees each client's address
+/// for `X-Forwarded-For`.
 pub async fn serve_router(
     listener: TcpListener,
     app: Router,
+    limits: feed::server::ServeLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // Without TCP_NODELAY the tail of a large response can wait for the
-    // client's delayed ACK (Nagle), which caps throughput per connection.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(%err, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    feed::server::serve_with(listener, app, shutdown, limits).await
 }

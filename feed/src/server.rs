@@ -1555,6 +1555,10 @@ pub struct ServeLimits {
     /// for its next request, so this is the idle time after which the server
     /// closes a connection: see [`ServeLimits::idle_client_timeout`].
     pub header_read_timeout: Duration,
+    /// The largest header section the routes behind the server accept: the
+    /// server reads up to four times as much before it gives up with hyper's own
+    /// bare 431, so the routes can answer everything in between with problem+json.
+    pub max_header_bytes: usize,
 }
 
 impl ServeLimits {
@@ -1572,6 +1576,7 @@ impl Default for ServeLimits {
     fn default() -> Self {
         Self {
             header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: MAX_HEADER_BYTES,
         }
     }
 }
@@ -1589,8 +1594,8 @@ pub async fn serve(
 /// Serves `router` on `listener` until `shutdown` resolves, then waits for the
 /// requests in flight. Each request carries its client's address as
 /// `ConnectInfo<SocketAddr>`. Headers beyond hyper's read buffer (four times
-/// [`MAX_HEADER_BYTES`]) get hyper's own bare 431; the routes answer problem+json
-/// for everything smaller.
+/// [`ServeLimits::max_header_bytes`]) get hyper's own bare 431; the routes answer
+/// problem+json for everything smaller.
 ///
 /// Connections are accepted here and served on the process's serving threads, one
 /// single-threaded runtime per core (see `server/threads.rs`), each connection on
@@ -1602,18 +1607,17 @@ pub async fn serve_with(
     limits: ServeLimits,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    use tower::ServiceExt as _;
 
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(4 * MAX_HEADER_BYTES);
+        .max_buf_size(4 * limits.max_header_bytes);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(4 * MAX_HEADER_BYTES).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(4 * limits.max_header_bytes).unwrap_or(u32::MAX));
     let builder = Arc::new(builder);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -1643,7 +1647,7 @@ pub async fn serve_with(
                 hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                     req.extensions_mut()
                         .insert(axum::extract::ConnectInfo(addr));
-                    router.clone().oneshot(req)
+                    answer(router.clone(), req)
                 });
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             if let Err(e) = watcher.watch(conn).await {
@@ -1676,6 +1680,66 @@ pub async fn serve_with(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// Answers `req` with `router`. A response given before the request's body was
+/// read to its end (a refusal: 401, 413, 415 ...) says `Connection: close` on
+/// HTTP/1.1: the server closes the connection after it rather than read the rest,
+/// and a client that knows so sends its next request on a new connection instead
+/// of one that is closing (RFC 9112 section 9.6).
+async fn answer(
+    router: Router,
+    req: http::Request<hyper::body::Incoming>,
+) -> Result<Response, std::convert::Infallible> {
+    use tower::ServiceExt as _;
+
+    if hyper::body::Body::is_end_stream(req.body()) {
+        return router.oneshot(req).await;
+    }
+    let http1 = req.version() < http::Version::HTTP_2;
+    let unread = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let req = req.map(|body| WatchedBody {
+        body,
+        unread: unread.clone(),
+    });
+    let mut response = router.oneshot(req).await?;
+    if http1 && unread.load(Ordering::Relaxed) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(response)
+}
+
+/// A request body that records when it has been read to its end.
+struct WatchedBody {
+    body: hyper::body::Incoming,
+    unread: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl hyper::body::Body for WatchedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.body).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None)) || this.body.is_end_stream() {
+            this.unread.store(false, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// How long a long poll waits at most.

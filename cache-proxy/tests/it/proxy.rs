@@ -374,6 +374,7 @@ async fn the_gateway_router_accepts_extra_routes_from_an_embedding_program() {
     init_tracing();
     let origin = Origin::start(OriginConfig::default()).await;
     let proxy = cache_proxy::Proxy::new(proxy_config(&origin)).expect("proxy");
+    let limits = proxy.config().serve_limits();
     let app =
         cache_proxy::router(proxy).route("/", axum::routing::get(|| async { "landing page" }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -383,6 +384,7 @@ async fn the_gateway_router_accepts_extra_routes_from_an_embedding_program() {
     tokio::spawn(cache_proxy::serve_router(
         listener,
         app,
+        limits,
         std::future::pending(),
     ));
     let landing = client()

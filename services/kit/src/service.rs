@@ -291,18 +291,15 @@ async fn index(
     page::respond(&headers, format, &location, "max-age=1", body)
 }
 
-/// Serves `app` on `listener` until `shutdown`.
+/// Serves `app` on `listener` until `shutdown`, the way the feed server serves
+/// ([`feed::server::serve`]): a header read timeout, header limits, each
+/// connection on one of the process's serving threads.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    feed::server::serve(listener, app, shutdown).await
 }
 
 /// The `serve` command of a service binary: binds `listen`, then runs `run` with the
