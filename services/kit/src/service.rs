@@ -291,16 +291,10 @@ async fn index(
     page::respond(&headers, format, &location, "max-age=1", body)
 }
 
-/// Serves `app` on `listener` until `shutdown`, the way the feed server serves
-/// ([`feed::server::serve`]): a header read timeout, header limits, each
-/// connection on one of the process's serving threads.
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    feed::server::serve(listener, app, shutdown).await
-}
+/// Serves an app on a listener until shutdown, the way every server of the system
+/// serves: a header read timeout, header limits, each connection on one of the
+/// process's serving threads.
+pub use feed::server::serve;
 
 /// The `serve` command of a service binary: binds `listen`, then runs `run` with the
 /// listener and a token that Ctrl-C or SIGTERM cancels.
