@@ -12,7 +12,7 @@ use std::hint::black_box;
 
 use chrono::{TimeZone, Utc};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use feed::atom::{FeedMeta, Links, parse_feed, render_feed};
+use feed::atom::{FeedMeta, Links, parse_feed, parse_feed_raw, render_feed};
 use feed::event::{Event, EventType, StreamId};
 use feed::negotiate::Coding;
 use feed::server::{Effort, compress};
@@ -84,6 +84,9 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("decode (parse_feed)", |b| {
         b.iter(|| parse_feed(black_box(&xml)).expect("parse"))
+    });
+    g.bench_function("decode, JSON as text (parse_feed_raw)", |b| {
+        b.iter(|| parse_feed_raw(black_box(&xml), 0).expect("parse"))
     });
     g.bench_function("reference: atom_syndication", |b| {
         b.iter(|| {
