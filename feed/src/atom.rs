@@ -379,7 +379,12 @@ pub fn parse_feed_after(xml: &str, after: Position) -> Result<ParsedFeed, AtomEr
 /// [`parse_feed_after`] for a mirror: each entry's JSON is kept as the text it came
 /// in, checked to be JSON but not decoded (see [`crate::event::RawEvent`]).
 pub fn parse_feed_raw(xml: &str, after: Position) -> Result<ParsedFeed<Box<RawValue>>, AtomError> {
-    parse_feed_with(xml, after, |text| RawValue::from_string(text.into_owned()))
+    parse_feed_with(xml, after, kept_as_text)
+}
+
+/// The JSON checked and kept as text.
+pub(crate) fn kept_as_text(text: Cow<'_, str>) -> Result<Box<RawValue>, serde_json::Error> {
+    RawValue::from_string(text.into_owned())
 }
 
 /// How the reader turns the text of an entry's `content` or `ev:metadata` into the

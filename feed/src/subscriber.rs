@@ -179,7 +179,7 @@ impl EntryJson {
     /// How a document's entries are read for a handler that takes them raw or not.
     fn reader(raw: bool) -> atom::JsonFrom<Self> {
         if raw {
-            |text| RawValue::from_string(text.into_owned()).map(Self::Raw)
+            |text| atom::kept_as_text(text).map(Self::Raw)
         } else {
             |text| serde_json::from_str(&text).map(Self::Decoded)
         }
