@@ -77,7 +77,8 @@
 //!   hash chain of sealed pages, and limits against hostile clients; `serve`.
 //! - [`subscriber`]: following a feed with checkpoints (compare-and-set, so several
 //!   instances may run), backoff and verification (gaps, changed pages, the chain).
-//! - `testing` (feature `testing`): throwaway PostgreSQL clusters for tests.
+//! - `testing` (feature `testing`): throwaway PostgreSQL clusters, waiting and reading
+//!   whole feeds, for tests.
 //!
 //! The `feedctl` binary serves, appends to, tails, mirrors and verifies feeds.
 

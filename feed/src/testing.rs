@@ -1,4 +1,5 @@
-//! Test support (feature `testing`): a throwaway PostgreSQL cluster.
+//! Test support (feature `testing`): a throwaway PostgreSQL cluster, waiting for
+//! things to happen ([`eventually`]) and reading a whole feed ([`feed_events`]).
 //!
 //! `initdb` refuses to run as root, so when the tests run as root the cluster is
 //! created and started as the `postgres` user (through `runuser`). The cluster listens
@@ -7,6 +8,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+mod feeds;
+
+pub use feeds::{PATIENCE, Ready, eventually, feed_document, feed_events, of_type};
 
 /// A running throwaway PostgreSQL server.
 #[derive(Debug)]

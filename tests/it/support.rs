@@ -134,36 +134,7 @@ impl System {
 
     /// All events of a service's feed, oldest first (through the gateway).
     pub(crate) async fn events(&self, service: &str) -> Vec<feed::Event> {
-        let mut url = format!("{}/{service}/feed", self.url);
-        let head = self.atom(&url).await;
-        if let Some(first) = head.links.first.clone()
-            && Some(&first) != head.links.this.as_ref()
-        {
-            url = first;
-        }
-        let mut out = Vec::new();
-        loop {
-            let doc = self.atom(&url).await;
-            out.extend(doc.entries);
-            match doc.links.next_archive {
-                Some(next) if doc.archive => url = next,
-                _ => return out,
-            }
-        }
-    }
-
-    async fn atom(&self, url: &str) -> feed::atom::ParsedFeed {
-        let text = self
-            .client
-            .get(url)
-            .header("accept", "application/atom+xml")
-            .send()
-            .await
-            .expect("feed")
-            .text()
-            .await
-            .expect("body");
-        feed::atom::parse_feed(&text).unwrap_or_else(|e| panic!("{url}: {e}"))
+        feed::testing::feed_events(&self.client, &format!("{}/{service}/feed", self.url)).await
     }
 
     pub(crate) async fn head_position(&self, service: &str) -> u64 {

@@ -12,7 +12,8 @@
 //! - `service`: [`Service`], [`Subscriptions`], the index page and `serve`.
 //! - `replay`: [`replay`], catching up with a feed with a progress bar (rebuilds).
 //! - [`page`]: pages served as HTML and JSON (negotiation, weak ETags, 304).
-//! - `testing` (feature `testing`): hostile input for the services' command tests.
+//! - `testing` (feature `testing`): hostile input for the services' command tests, and
+//!   upstream feeds and services on real sockets for their integration tests.
 
 mod auth;
 mod config;

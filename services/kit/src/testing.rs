@@ -12,6 +12,9 @@
 //! socket).
 //!
 //! The case count is `PROPTEST_CASES` when set, [`DEFAULT_CASES`] otherwise.
+//!
+//! [`Producer`] and [`Running`] run an upstream feed and the service under test on
+//! real sockets, for the tests of the services that follow other services.
 
 use std::time::Duration;
 
@@ -21,6 +24,10 @@ use axum::http::{Method, Request, StatusCode, header};
 use proptest::prelude::*;
 use serde_json::Value;
 use tower::ServiceExt as _;
+
+mod running;
+
+pub use running::{Producer, Running, client, init_log};
 
 /// Cases per command when `PROPTEST_CASES` is not set: enough to hit every field with
 /// every kind of value, fast enough (in-process, SQLite) for every `cargo test`.

@@ -2,7 +2,6 @@
 //! helpers to command them and read their feeds.
 
 use std::future::Future;
-use std::time::Duration;
 
 use feed::event::Event;
 use reqwest::{Method, StatusCode, header::HeaderMap};
@@ -10,8 +9,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// How long anything in these tests may take to show up.
-pub(crate) const PATIENCE: Duration = Duration::from_secs(20);
+pub(crate) use feed::testing::{PATIENCE, eventually};
 
 #[derive(Debug)]
 pub(crate) struct Reply {
@@ -65,25 +63,6 @@ impl Running {
             .expect("the service stops promptly")
             .expect("join")
             .expect("the service ran cleanly");
-    }
-}
-
-/// Polls `probe` until it returns Some, or panics after [`PATIENCE`].
-pub(crate) async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -258,22 +237,7 @@ impl System {
     }
 }
 
-/// Every event in a service's feed, oldest first (head, then older archive pages).
+/// Every event in the feed of the service at `base`, oldest first.
 pub(crate) async fn feed_events(http: &reqwest::Client, base: &str) -> Vec<Event> {
-    let mut url = Some(format!("{base}/feed"));
-    let mut events = Vec::new();
-    while let Some(u) = url {
-        let r = http
-            .get(&u)
-            .header("accept", "application/atom+xml")
-            .send()
-            .await
-            .expect("feed");
-        assert_eq!(r.status(), StatusCode::OK, "{u}");
-        let doc = feed::atom::parse_feed(&r.text().await.expect("text")).expect("valid Atom");
-        events.extend(doc.entries);
-        url = doc.links.prev_archive;
-    }
-    events.sort_by_key(|e| e.position);
-    events
+    feed::testing::feed_events(http, &format!("{base}/feed")).await
 }

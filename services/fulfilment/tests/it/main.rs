@@ -4,4 +4,3 @@
 
 mod postgres;
 mod process;
-mod support;

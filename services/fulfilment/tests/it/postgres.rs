@@ -3,7 +3,8 @@
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::support::{Producer, Running, eventually, feed_events, init_log, of_type};
+use feed::testing::{eventually, feed_events, of_type};
+use kit::testing::{Producer, Running, client, init_log};
 
 #[tokio::test]
 async fn on_postgresql_orders_are_released_or_cancelled_exactly_once() {
@@ -63,7 +64,7 @@ async fn on_postgresql_orders_are_released_or_cancelled_exactly_once() {
             && app.get(&format!("/orders/{bad}")).await.1["state"] == "cancelled"
     })
     .await;
-    let events = feed_events(&app.feed_url()).await;
+    let events = feed_events(&client(), &app.feed_url()).await;
     assert_eq!(events.len(), 2);
     assert_eq!(
         of_type(&events, "OrderReadyForShipping")[0].data["order_id"],

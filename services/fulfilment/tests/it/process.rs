@@ -3,7 +3,8 @@
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::support::{Producer, Running, feed_events, init_log, of_type};
+use feed::testing::{feed_events, of_type};
+use kit::testing::{Producer, Running, client, init_log};
 
 struct System {
     sales: Producer,
@@ -80,7 +81,7 @@ fn accepted(order: Uuid, customer: &str) -> Value {
 }
 
 async fn wait_for_state(app: &Running, order: Uuid, state: &str) -> Value {
-    crate::support::eventually(&format!("order {order} is {state}"), || async {
+    feed::testing::eventually(&format!("order {order} is {state}"), || async {
         let (status, body) = app.get(&format!("/orders/{order}")).await;
         status == 200 && body["state"] == state
     })
@@ -136,7 +137,7 @@ async fn an_order_billed_before_it_is_accepted_and_delivered_twice_is_released_f
     let app = system.start().await;
     app.wait_caught_up(&system.heads().await).await;
 
-    let events = feed_events(&app.feed_url()).await;
+    let events = feed_events(&client(), &app.feed_url()).await;
     let ours: Vec<_> = of_type(&events, "OrderReadyForShipping")
         .into_iter()
         .filter(|e| e.data["order_id"] == order.to_string())
@@ -180,7 +181,7 @@ async fn a_failed_billing_cancels_the_order_once_and_it_is_never_released() {
     system.accept(order, customer).await;
     app.wait_caught_up(&system.heads().await).await;
 
-    let events = feed_events(&app.feed_url()).await;
+    let events = feed_events(&client(), &app.feed_url()).await;
     assert!(
         of_type(&events, "OrderReadyForShipping").is_empty(),
         "a cancelled order is never released"
@@ -214,7 +215,7 @@ async fn the_process_state_survives_a_restart_and_a_rebuild_and_the_flow_finishe
     let app = system.start().await;
     wait_for_state(&app, order, "ready").await;
     app.wait_caught_up(&system.heads().await).await;
-    let events = feed_events(&app.feed_url()).await;
+    let events = feed_events(&client(), &app.feed_url()).await;
     assert_eq!(of_type(&events, "OrderReadyForShipping").len(), 1);
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].data["customer_id"], "alice");
@@ -228,7 +229,7 @@ async fn the_process_state_survives_a_restart_and_a_rebuild_and_the_flow_finishe
         wait_for_state(&app, order, "ready").await["customer_id"],
         "alice"
     );
-    assert_eq!(feed_events(&app.feed_url()).await, events);
+    assert_eq!(feed_events(&client(), &app.feed_url()).await, events);
     app.stop().await;
 }
 
@@ -240,7 +241,7 @@ async fn unknown_orders_are_not_found_as_problem_json() {
         format!("/orders/{}", Uuid::new_v4()),
         "/orders/not-a-uuid".to_owned(),
     ] {
-        let response = crate::support::client()
+        let response = client()
             .get(format!("{}{path}", app.base))
             .send()
             .await

@@ -4,7 +4,8 @@
 
 use serde_json::{Value, json};
 
-use crate::support::{PATIENCE, Running, client, eventually, feed_events, init_log, of_type};
+use feed::testing::{PATIENCE, eventually, feed_events, of_type};
+use kit::testing::{Running, client, init_log};
 
 struct Retail {
     catalog: Running,
@@ -177,15 +178,15 @@ async fn orders_placed_through_sales_are_billed_released_shipped_and_counted_tow
         retail.shipping.get(&format!("/shipments/{bad}")).await.0,
         404
     );
-    let fulfilment = feed_events(&retail.fulfilment.feed_url()).await;
+    let fulfilment = feed_events(&client(), &retail.fulfilment.feed_url()).await;
     assert_eq!(of_type(&fulfilment, "OrderReadyForShipping").len(), 1);
     assert_eq!(
         of_type(&fulfilment, "OrderFulfilmentCancelled")[0].data["order_id"],
         bad
     );
-    let shipped = feed_events(&retail.shipping.feed_url()).await;
+    let shipped = feed_events(&client(), &retail.shipping.feed_url()).await;
     assert_eq!(shipped.len(), 1);
-    let tiers = feed_events(&retail.loyalty.feed_url()).await;
+    let tiers = feed_events(&client(), &retail.loyalty.feed_url()).await;
     assert_eq!(
         of_type(&tiers, "CustomerTierChanged")[0].data,
         json!({"customer_id": "ada", "tier": "silver", "previous_tier": "bronze",

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::support::{Producer, Running, feed_events, init_log, of_type};
+use feed::testing::{feed_events, of_type};
+use kit::testing::{Producer, Running, client, init_log};
 
 /// Upstream sales and shipping, and folders for loyalties.
 pub(crate) struct System {
@@ -189,7 +190,7 @@ pub(crate) async fn customer(app: &Running, id: &str) -> Value {
 /// The `CustomerTierChanged` events of a loyalty's feed, per customer, in order: (id,
 /// data).
 pub(crate) async fn tier_changes(app: &Running) -> BTreeMap<String, Vec<(Uuid, Value)>> {
-    let events = feed_events(&app.feed_url()).await;
+    let events = feed_events(&client(), &app.feed_url()).await;
     let mut per_customer: BTreeMap<String, Vec<(Uuid, Value)>> = BTreeMap::new();
     for e in of_type(&events, "CustomerTierChanged") {
         let customer = e.data["customer_id"]

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 use crate::history::{Lcg, System, customer, expected_tiers, history, publish, tier_changes};
-use crate::support::Running;
+use kit::testing::Running;
 
 /// 200 orders for 12 customers: a few heavy buyers (gold by count), several silver,
 /// some bronze, and one gold by a single big order.

@@ -6,5 +6,4 @@ mod flow;
 mod history;
 mod late_joiner;
 mod postgres;
-mod support;
 mod tiers;

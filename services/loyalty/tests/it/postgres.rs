@@ -2,7 +2,7 @@
 //! SQLite.
 
 use crate::history::{Lcg, System, customer, expected_tiers, history, publish, tier_changes};
-use crate::support::Running;
+use kit::testing::Running;
 
 #[tokio::test]
 async fn on_postgresql_a_late_joiner_reaches_the_same_tiers() {

@@ -4,7 +4,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::history::{Order, System, customer, tier_changes};
-use crate::support::{Running, client};
+use kit::testing::{Running, client};
 
 fn order(customer: &str, total_cents: i64) -> Order {
     Order {

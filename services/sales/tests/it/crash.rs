@@ -89,36 +89,7 @@ impl Gateway {
 
     /// Every event of `service`'s feed, oldest first (first page, then next-archive).
     async fn events(&self, service: &str) -> Vec<feed::Event> {
-        let mut url = format!("{}/{service}/feed", self.url);
-        let head = self.atom(&url).await;
-        if let Some(first) = head.links.first.clone()
-            && Some(&first) != head.links.this.as_ref()
-        {
-            url = first;
-        }
-        let mut out = Vec::new();
-        loop {
-            let doc = self.atom(&url).await;
-            out.extend(doc.entries);
-            match doc.links.next_archive {
-                Some(next) if doc.archive => url = next,
-                _ => return out,
-            }
-        }
-    }
-
-    async fn atom(&self, url: &str) -> feed::atom::ParsedFeed {
-        let text = self
-            .http
-            .get(url)
-            .header("accept", "application/atom+xml")
-            .send()
-            .await
-            .expect("feed")
-            .text()
-            .await
-            .expect("body");
-        feed::atom::parse_feed(&text).unwrap_or_else(|e| panic!("{url}: {e}"))
+        feed::testing::feed_events(&self.http, &format!("{}/{service}/feed", self.url)).await
     }
 
     /// Waits until `ok` holds, or panics naming `what` after `within`.

@@ -8,7 +8,8 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::shipments::{System, wait_for_status};
-use crate::support::{feed_events, of_type};
+use feed::testing::{feed_events, of_type};
+use kit::testing::client;
 
 /// The replica's rows: (product id, name, weight, deleted), by name.
 async fn replica(db: &Database) -> Vec<(String, String, i64, i64)> {
@@ -105,7 +106,11 @@ async fn the_rebuild_command_replays_the_catalog_into_a_broken_replica() {
     assert_eq!(app.get(&format!("/shipments/{order}")).await.1, shipped);
     app.wait_caught_up(&system.heads().await).await;
     assert_eq!(
-        of_type(&feed_events(&app.feed_url()).await, "OrderShipped").len(),
+        of_type(
+            &feed_events(&client(), &app.feed_url()).await,
+            "OrderShipped"
+        )
+        .len(),
         1
     );
     app.stop().await;

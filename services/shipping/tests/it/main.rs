@@ -5,4 +5,3 @@
 mod cli;
 mod postgres;
 mod shipments;
-mod support;

@@ -3,7 +3,8 @@
 use uuid::Uuid;
 
 use crate::shipments::{System, wait_for_status};
-use crate::support::{Running, feed_events, of_type};
+use feed::testing::{feed_events, of_type};
+use kit::testing::{Running, client};
 
 #[tokio::test]
 async fn on_postgresql_a_shipment_waits_for_its_product_and_ships_once() {
@@ -39,7 +40,7 @@ async fn on_postgresql_a_shipment_waits_for_its_product_and_ships_once() {
     );
     assert_eq!(shipment["packing_slip"]["lines"][1]["name"], "Lamp");
     app.wait_caught_up(&system.heads().await).await;
-    let events = feed_events(&app.feed_url()).await;
+    let events = feed_events(&client(), &app.feed_url()).await;
     assert_eq!(of_type(&events, "OrderShipped").len(), 1);
     assert_eq!(events.len(), 1);
     app.stop().await;

@@ -3,7 +3,8 @@
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::support::{Producer, Running, client, eventually, feed_events, init_log, of_type};
+use feed::testing::{eventually, feed_events, of_type};
+use kit::testing::{Producer, Running, client, init_log};
 
 pub(crate) struct System {
     pub(crate) catalog: Producer,
@@ -136,7 +137,7 @@ async fn a_released_order_ships_once_with_a_slip_of_names_and_the_total_weight()
     let app = system.start().await;
     app.wait_caught_up(&system.heads().await).await;
 
-    let events = feed_events(&app.feed_url()).await;
+    let events = feed_events(&client(), &app.feed_url()).await;
     assert_eq!(events.len(), 1, "one event in shipping's feed: {events:?}");
     let shipped = &events[0];
     assert_eq!(shipped.event_type.as_str(), "OrderShipped");
@@ -172,7 +173,7 @@ async fn a_product_that_reaches_the_catalog_feed_after_the_order_still_ends_with
     wait_for_status(&app, later, "shipped").await;
     app.wait_caught_up(&system.heads().await).await;
     assert_eq!(
-        shipped_for(&feed_events(&app.feed_url()).await, order),
+        shipped_for(&feed_events(&client(), &app.feed_url()).await, order),
         0,
         "not shipped without a slip"
     );
@@ -193,7 +194,7 @@ async fn a_product_that_reaches_the_catalog_feed_after_the_order_still_ends_with
         .product("ProductUpdated", lamp, "Floor lamp", 5000)
         .await;
     app.wait_caught_up(&system.heads().await).await;
-    let events = feed_events(&app.feed_url()).await;
+    let events = feed_events(&client(), &app.feed_url()).await;
     assert_eq!(shipped_for(&events, order), 1);
     let shipped = of_type(&events, "OrderShipped")
         .into_iter()
@@ -256,7 +257,11 @@ async fn rebuilding_the_catalog_replica_keeps_shipments_and_serves_new_orders() 
     );
     app.wait_caught_up(&system.heads().await).await;
     assert_eq!(
-        of_type(&feed_events(&app.feed_url()).await, "OrderShipped").len(),
+        of_type(
+            &feed_events(&client(), &app.feed_url()).await,
+            "OrderShipped"
+        )
+        .len(),
         2
     );
     app.stop().await;
