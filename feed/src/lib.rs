@@ -84,6 +84,7 @@
 
 pub mod atom;
 pub mod db;
+mod direct;
 pub mod event;
 pub mod html;
 pub mod negotiate;

@@ -55,7 +55,7 @@ const NOTIFY_CHANNEL: &str = "feed_appended";
 const SQLITE_CHANGE_CHECK: Duration = Duration::from_millis(2);
 /// Rows per multi-row INSERT; 100 rows x 8 columns stays far below both engines'
 /// bind-parameter limits.
-const INSERT_CHUNK: usize = 100;
+pub(crate) const INSERT_CHUNK: usize = 100;
 /// Ranges shorter than this are read from SQLite as one row (see
 /// `EventLog::read_range_as_one_row`); longer ones row by row, so that reading a whole
 /// log does not hold it twice in memory.
@@ -1024,16 +1024,12 @@ async fn import_next_on_sqlite(
     rows: &[Row8<'_>],
     head: Position,
 ) -> Result<bool, sqlx::Error> {
-    let row = format!("({})", placeholders(Backend::Sqlite, 1, 8));
     let mut sql = String::new();
     for chunk in rows.chunks(INSERT_CHUNK) {
-        sql.push_str(&format!(
-            "{INSERT_EVENTS} SELECT * FROM (VALUES {}) \
-             WHERE (SELECT position FROM feed_head WHERE id = 1) = ?; ",
-            vec![row.as_str(); chunk.len()].join(", ")
-        ));
+        sql.push_str(&import_next_insert_sql(chunk.len()));
+        sql.push_str("; ");
     }
-    sql.push_str("UPDATE feed_head SET position = ? WHERE id = 1 AND position = ?");
+    sql.push_str(IMPORT_NEXT_HEAD_SQL);
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
     for chunk in rows.chunks(INSERT_CHUNK) {
         q = bind_rows(q, chunk).bind(head as i64);
@@ -1053,6 +1049,22 @@ async fn import_next_on_sqlite(
         ))),
     }
 }
+
+/// An INSERT of `n` rows (8 anonymous parameters each, in [`bind_rows`] order) that
+/// runs only if the head is at the value of one more parameter after them: a chunk of
+/// [`import_next_on_sqlite`] and of a direct write (`crate::direct`).
+pub(crate) fn import_next_insert_sql(n: usize) -> String {
+    let row = format!("({})", placeholders(Backend::Sqlite, 1, 8));
+    format!(
+        "{INSERT_EVENTS} SELECT * FROM (VALUES {}) \
+         WHERE (SELECT position FROM feed_head WHERE id = 1) = ?",
+        vec![row.as_str(); n].join(", ")
+    )
+}
+
+/// Moves the head from the second parameter to the first, after an import's INSERTs.
+pub(crate) const IMPORT_NEXT_HEAD_SQL: &str =
+    "UPDATE feed_head SET position = ? WHERE id = 1 AND position = ?";
 
 /// Takes the append lock (see the module doc) and returns the current head.
 async fn lock_head(tx: &mut AnyConnection) -> Result<Position, sqlx::Error> {
@@ -1240,20 +1252,20 @@ async fn stream_versions<'a>(
     Ok(versions)
 }
 
-struct Row8<'a> {
-    position: Position,
-    id: String,
-    stream: &'a str,
-    version: u64,
-    event_type: &'a str,
-    occurred_at: String,
-    data: Cow<'a, str>,
-    metadata: Cow<'a, str>,
+pub(crate) struct Row8<'a> {
+    pub(crate) position: Position,
+    pub(crate) id: String,
+    pub(crate) stream: &'a str,
+    pub(crate) version: u64,
+    pub(crate) event_type: &'a str,
+    pub(crate) occurred_at: String,
+    pub(crate) data: Cow<'a, str>,
+    pub(crate) metadata: Cow<'a, str>,
 }
 
 impl<'a> Row8<'a> {
     /// The row of an event imported with its position and stream version.
-    fn of<J: Json>(e: &'a Event<J>) -> Self {
+    pub(crate) fn of<J: Json>(e: &'a Event<J>) -> Self {
         Row8 {
             position: e.position,
             id: e.id.to_string(),

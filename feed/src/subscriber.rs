@@ -40,7 +40,8 @@ use sha2::{Digest, Sha256};
 use sqlx::AnyConnection;
 
 use crate::atom::{self, ParsedFeed};
-use crate::db::Database;
+use crate::db::{Backend, Database};
+use crate::direct::{CHECKPOINT_CAS_SQL, CHECKPOINT_INSERT_SQL, DirectWriter, Outcome, PageWrite};
 use crate::event::{Event, Position, RawEvent};
 
 /// What a subscriber does with events. Implementations skip event types they do not
@@ -74,6 +75,16 @@ pub trait Handler: Send + Sync {
     /// that the text is JSON but builds no `serde_json::Value`.
     fn takes_raw(&self) -> bool {
         false
+    }
+
+    /// The log this handler's whole effect is [`import`](crate::EventLog::import)ing
+    /// the events into, if that is all it does (a [`Mirror`]). When that log is the
+    /// subscriber's own SQLite file, the subscriber writes each page and its
+    /// checkpoint on a SQLite connection of its own thread instead of calling
+    /// [`handle_raw_batch`](Self::handle_raw_batch), which is the same transaction in
+    /// one hand-over between threads instead of four (`BENCHMARKS.md`, P1).
+    fn imports_into(&self) -> Option<&crate::EventLog> {
+        None
     }
 
     /// Applies a page's worth of events with their JSON as text, in order; called
@@ -122,6 +133,10 @@ impl Handler for Mirror {
         true
     }
 
+    fn imports_into(&self) -> Option<&crate::EventLog> {
+        Some(&self.0)
+    }
+
     fn handle_raw_batch<'a>(
         &'a self,
         tx: &'a mut AnyConnection,
@@ -129,6 +144,14 @@ impl Handler for Mirror {
     ) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move { Ok(self.0.import(tx, events).await?) })
     }
+}
+
+/// Whether pages go to a [`DirectWriter`]: not decided until the first page.
+#[derive(Debug)]
+enum Direct {
+    Untried,
+    On(DirectWriter),
+    Off,
 }
 
 /// The events of a document, as the handler takes them.
@@ -340,6 +363,7 @@ pub struct Status {
     checkpoint: AtomicU64,
     head: AtomicU64,
     requests: AtomicU64,
+    direct_pages: AtomicU64,
     caught_up: std::sync::atomic::AtomicBool,
     last_error: std::sync::Mutex<Option<String>>,
 }
@@ -364,6 +388,11 @@ impl Status {
     /// HTTP requests made so far.
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+    /// Pages written on the subscription's own SQLite connection (see
+    /// [`Handler::imports_into`]).
+    pub fn direct_pages(&self) -> u64 {
+        self.direct_pages.load(Ordering::Relaxed)
     }
     /// The last error, if the last step failed.
     pub fn last_error(&self) -> Option<String> {
@@ -511,6 +540,7 @@ pub struct Subscriber<H> {
     /// next step is the long poll, at once.
     poll_at_once: bool,
     read_ahead: Option<ReadAhead>,
+    direct: Direct,
 }
 
 impl<H> std::fmt::Debug for Subscriber<H> {
@@ -549,6 +579,7 @@ impl<H: Handler> Subscriber<H> {
             seen: HashMap::new(),
             poll_at_once: false,
             read_ahead: None,
+            direct: Direct::Untried,
             status: Arc::new(Status::default()),
         }
     }
@@ -842,38 +873,56 @@ impl<H: Handler> Subscriber<H> {
             ));
         }
         let last = expected - 1;
-        let page_url = f.doc.links.this.clone().unwrap_or_else(|| f.url.clone());
-        let page_digest = f.doc.archive.then(|| f.digest.clone());
+        let mut page_url = f.doc.links.this.clone().unwrap_or_else(|| f.url.clone());
+        let mut page_digest = f.doc.archive.then(|| f.digest.clone());
+        let mut now = atom::format_time(&chrono::Utc::now());
+        let events = match events {
+            Batch::Raw(raw) => {
+                let page = PageWrite {
+                    subscription: self.config.name.clone(),
+                    stored: cp.stored,
+                    from: cp.position,
+                    last,
+                    page_url,
+                    page_digest,
+                    updated_at: now,
+                    events: raw,
+                };
+                match self.write_directly(page).await? {
+                    Ok(page) => return Ok(self.written_directly(page, next_cursor)),
+                    Err(page) => {
+                        page_url = page.page_url;
+                        page_digest = page.page_digest;
+                        now = page.updated_at;
+                        Batch::Raw(page.events)
+                    }
+                }
+            }
+            events => events,
+        };
         let mut tx = self.db.begin().await?;
         // The compare-and-set comes first, so a competing instance of this
         // subscription waits on the checkpoint row here rather than after running its
         // handler (see the module doc).
-        let now = atom::format_time(&chrono::Utc::now());
         let moved = if cp.stored {
-            sqlx::query(
-                "UPDATE feed_checkpoints SET position = $2, page_url = $3, page_digest = $4, \
-                 updated_at = $5 WHERE subscription = $1 AND position = $6",
-            )
-            .bind(&self.config.name)
-            .bind(last as i64)
-            .bind(&page_url)
-            .bind(page_digest.as_deref())
-            .bind(&now)
-            .bind(cp.position as i64)
-            .execute(&mut *tx)
-            .await?
+            sqlx::query(CHECKPOINT_CAS_SQL)
+                .bind(&self.config.name)
+                .bind(last as i64)
+                .bind(&page_url)
+                .bind(page_digest.as_deref())
+                .bind(&now)
+                .bind(cp.position as i64)
+                .execute(&mut *tx)
+                .await?
         } else {
-            sqlx::query(
-                "INSERT INTO feed_checkpoints (subscription, position, page_url, page_digest, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (subscription) DO NOTHING",
-            )
-            .bind(&self.config.name)
-            .bind(last as i64)
-            .bind(&page_url)
-            .bind(page_digest.as_deref())
-            .bind(&now)
-            .execute(&mut *tx)
-            .await?
+            sqlx::query(CHECKPOINT_INSERT_SQL)
+                .bind(&self.config.name)
+                .bind(last as i64)
+                .bind(&page_url)
+                .bind(page_digest.as_deref())
+                .bind(&now)
+                .execute(&mut *tx)
+                .await?
         }
         .rows_affected();
         if moved != 1 {
@@ -896,6 +945,18 @@ impl<H: Handler> Subscriber<H> {
             source,
         })?;
         tx.commit().await?;
+        Ok(self.applied(last, page_url, page_digest, next_cursor, events.len()))
+    }
+
+    /// After a page's commit: the checkpoint, the status and the way on.
+    fn applied(
+        &mut self,
+        last: Position,
+        page_url: String,
+        page_digest: Option<String>,
+        next_cursor: Cursor,
+        events: usize,
+    ) -> Progress {
         self.checkpoint = Some(Checkpoint {
             position: last,
             page_url: Some(page_url),
@@ -905,10 +966,58 @@ impl<H: Handler> Subscriber<H> {
         self.status.checkpoint.store(last, Ordering::Relaxed);
         self.status.head.fetch_max(last, Ordering::Relaxed);
         self.cursor = next_cursor;
-        Ok(Progress::Applied {
-            events: events.len(),
+        Progress::Applied {
+            events,
             position: last,
-        })
+        }
+    }
+
+    fn written_directly(&mut self, page: PageWrite, next_cursor: Cursor) -> Progress {
+        self.status.direct_pages.fetch_add(1, Ordering::Relaxed);
+        let events = page.events.len();
+        self.applied(
+            page.last,
+            page.page_url,
+            page.page_digest,
+            next_cursor,
+            events,
+        )
+    }
+
+    /// Writes `page` on the subscription's own SQLite connection if the handler
+    /// allows it (see [`Handler::imports_into`]). `Ok(Err(page))` hands the page back
+    /// for the general path: nothing of it was written.
+    async fn write_directly(
+        &mut self,
+        page: PageWrite,
+    ) -> Result<Result<PageWrite, PageWrite>, SubscribeError> {
+        if matches!(self.direct, Direct::Untried) {
+            let same_file = self.handler.imports_into().is_some_and(|log| {
+                self.db.backend() == Backend::Sqlite && log.database().url() == self.db.url()
+            });
+            self.direct = match same_file.then(|| DirectWriter::for_url(self.db.url())) {
+                Some(Some(writer)) => Direct::On(writer),
+                _ => Direct::Off,
+            };
+        }
+        let Direct::On(writer) = &self.direct else {
+            return Ok(Err(page));
+        };
+        let position = page.from + 1;
+        match writer.write(page).await {
+            Outcome::Written(page) => Ok(Ok(page)),
+            Outcome::NotWritten(page, why) => {
+                tracing::debug!(subscription = %self.config.name, position, why, "page left to the general path");
+                Ok(Err(page))
+            }
+            Outcome::Lost(why) => {
+                self.direct = Direct::Off;
+                Err(SubscribeError::Handler {
+                    position,
+                    source: anyhow::anyhow!(why),
+                })
+            }
+        }
     }
 
     async fn fetch_doc(&mut self, url: &str) -> Result<Fetched, SubscribeError> {

@@ -1051,3 +1051,153 @@ async fn a_handler_that_takes_raw_json_but_keeps_the_default_gets_the_events_dec
     let seen = sub.handler().0.lock().expect("lock").clone();
     assert_eq!(seen, log.read_range(1, 3).await.expect("events"));
 }
+
+/// A source log of `n` events served at page size 100, and a fresh log to mirror it
+/// into (in the directory returned, with the source's).
+async fn mirror_setup(n: u64) -> (EventLog, TestFeed, [tempfile::TempDir; 2], EventLog) {
+    let src_dir = tempfile::tempdir().expect("tmp");
+    let source = EventLog::connect(&sqlite_url(&src_dir, "src.db"))
+        .await
+        .expect("source");
+    append_n(&source, n, 50).await;
+    let feed = TestFeed::start(source.clone(), 100).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let mirror = EventLog::connect(&sqlite_url(&dir, "mirror.db"))
+        .await
+        .expect("mirror");
+    (source, feed, [dir, src_dir], mirror)
+}
+
+/// Steps `sub` until the log it mirrors into holds `head` events.
+async fn mirror_until(sub: &mut Subscriber<Mirror>, head: u64) {
+    while sub.handler().0.head().await.expect("head") < head {
+        sub.poll_once().await.expect("poll");
+    }
+}
+
+fn texts(events: &[feed::RawEvent]) -> Vec<(u64, String, String, String)> {
+    events
+        .iter()
+        .map(|e| {
+            (
+                e.position,
+                e.id.to_string(),
+                e.data.get().to_owned(),
+                e.metadata.get().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_sqlite_mirror_writes_each_page_with_its_checkpoint_on_a_connection_of_its_own() {
+    let (source, feed, _dir, mirror) = mirror_setup(1050).await;
+    let mut sub = Subscriber::new(
+        fast("mirror", feed.url("/feed")),
+        mirror.database().clone(),
+        Mirror(mirror.clone()),
+    );
+    mirror_until(&mut sub, 1050).await;
+    // Ten sealed pages and the head, each one transaction on the direct connection.
+    assert_eq!(sub.status().direct_pages(), 11);
+    assert_eq!(stored_checkpoint(mirror.database(), "mirror").await, 1050);
+    assert_eq!(
+        texts(&mirror.read_range_raw(1, 1050).await.expect("mirror")),
+        texts(&source.read_range_raw(1, 1050).await.expect("source"))
+    );
+    // New events at the head go the same way.
+    append_n(&source, 30, 30).await;
+    mirror_until(&mut sub, 1080).await;
+    assert_eq!(sub.status().direct_pages(), 12);
+    assert_eq!(stored_checkpoint(mirror.database(), "mirror").await, 1080);
+}
+
+#[tokio::test]
+async fn a_mirror_into_a_log_ahead_of_its_checkpoint_keeps_what_it_holds_and_goes_on() {
+    let (source, feed, _dir, mirror) = mirror_setup(500).await;
+    // The log already holds 1..=130 (an earlier mirror whose checkpoint was reset).
+    let held = source.read_range_raw(1, 130).await.expect("held");
+    let mut tx = mirror.begin().await.expect("begin");
+    mirror.import(&mut tx, &held).await.expect("import");
+    tx.commit().await.expect("commit");
+    let mut sub = Subscriber::new(
+        fast("mirror", feed.url("/feed")),
+        mirror.database().clone(),
+        Mirror(mirror.clone()),
+    );
+    mirror_until(&mut sub, 500).await;
+    // Pages 1-100 and 101-200 overlap the log's head: the direct writer leaves them
+    // to the general import, which skips what is held. The other three are direct.
+    assert_eq!(sub.status().direct_pages(), 3);
+    assert_eq!(
+        texts(&mirror.read_range_raw(1, 500).await.expect("mirror")),
+        texts(&source.read_range_raw(1, 500).await.expect("source"))
+    );
+    assert_eq!(stored_checkpoint(mirror.database(), "mirror").await, 500);
+}
+
+#[tokio::test]
+async fn a_mirror_into_a_log_holding_other_events_stops_and_writes_nothing() {
+    let (_source, feed, _dir, mirror) = mirror_setup(300).await;
+    append_n(&mirror, 5, 5).await; // its own events at positions 1..=5
+    let mut sub = Subscriber::new(
+        fast("mirror", feed.url("/feed")),
+        mirror.database().clone(),
+        Mirror(mirror.clone()),
+    );
+    let err = sub.poll_once().await.expect_err("diverged");
+    assert!(
+        err.to_string()
+            .contains("position 1 already holds a different event"),
+        "{err}"
+    );
+    assert_eq!(mirror.head().await.expect("head"), 5);
+    assert_eq!(stored_checkpoint(mirror.database(), "mirror").await, 0);
+    assert_eq!(sub.status().direct_pages(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_mirrors_into_one_sqlite_log_store_each_event_once() {
+    let (source, feed, [dir, _src], first) = mirror_setup(2000).await;
+    // The second as another process would open it: its own pool on the same file.
+    let second = EventLog::connect(&sqlite_url(&dir, "mirror.db"))
+        .await
+        .expect("second");
+    let subs: Vec<_> = [first.clone(), second]
+        .into_iter()
+        .map(|log| {
+            Subscriber::new(
+                fast("replay", feed.url("/feed")),
+                log.database().clone(),
+                Mirror(log),
+            )
+        })
+        .collect();
+    let statuses: Vec<_> = subs.iter().map(|s| s.status()).collect();
+    let tasks: Vec<_> = subs
+        .into_iter()
+        .map(|s| tokio::spawn(s.run(std::future::pending())))
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while stored_checkpoint(first.database(), "replay").await < 2000 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the mirrors did not catch up"
+        );
+        for t in &tasks {
+            assert!(!t.is_finished(), "a mirror stopped");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for t in tasks {
+        t.abort();
+        let _ = t.await;
+    }
+    assert_eq!(first.head().await.expect("head"), 2000);
+    assert_eq!(
+        texts(&first.read_range_raw(1, 2000).await.expect("mirror")),
+        texts(&source.read_range_raw(1, 2000).await.expect("source"))
+    );
+    let direct: u64 = statuses.iter().map(|s| s.direct_pages()).sum();
+    assert!(direct > 0, "no page went the direct way");
+}
