@@ -40,7 +40,10 @@
 //! first page has no predecessor and no such element. Digests are recorded in
 //! `feed_page_digests`, in position order, the first time a page is rendered after
 //! it is sealed, so serving page N reads one stored digest instead of re-rendering
-//! the pages before it; a page that no longer renders to its recorded digest (the
+//! the pages before it. That first rendering usually happens for the head, which
+//! names the newest sealed page with its digest; the page is then kept in the memory
+//! cache in zstd, the coding subscribers ask for, rather than rendered again for the
+//! first reader. A page that no longer renders to its recorded digest (the
 //! log was edited under the feed) is logged as an error, and subscribers and
 //! `feedctl verify` see the broken link.
 //!
@@ -455,17 +458,38 @@ impl FeedServer {
             let entries = self.read_sealed(next).await?;
             let nav = layout.page_navigation(next);
             let doc = self.render_sealed_page(&nav, &entries, prev.as_deref());
-            let digest = hex(&Sha256::digest(doc.as_bytes()));
+            let rendered = hex(&Sha256::digest(doc.as_bytes()));
             let digest = log
-                .record_page_digest(base, next.from, next.to, &digest)
+                .record_page_digest(base, next.from, next.to, &rendered)
                 .await?
-                .unwrap_or(digest);
+                .unwrap_or_else(|| rendered.clone());
+            if digest == rendered {
+                self.keep_sealed_page(next, doc).await;
+            }
             if next.from >= page.from {
                 return Ok(digest);
             }
             prev = Some(digest);
             next = layout.page_of(next.to + 1);
         }
+    }
+
+    /// Keeps sealed page `range`, just rendered as `doc` for its digest, in the memory
+    /// cache as the feed's subscribers ask for it (zstd), so the rendering is not
+    /// thrown away: a live origin records a page's digest when the head first names
+    /// it, right after the page seals, and a replay that follows reads it from memory.
+    /// Other codings and formats are rendered when asked, as before.
+    async fn keep_sealed_page(&self, range: PageRange, doc: String) {
+        let w = Want {
+            format: Format::Atom,
+            coding: Coding::Zstd,
+        };
+        let key = DocKey::Page(range, w.format, w.coding);
+        if self.inner.docs.contains_key(&key) {
+            return;
+        }
+        let rendered = finish(doc, w).await;
+        self.inner.docs.insert(key, rendered).await;
     }
 
     /// Records the digest of sealed page `range` rendered as `doc` unless one was

@@ -323,17 +323,25 @@ async fn server_for(log: EventLog, base: &str, page_size: u64) -> feed::FeedServ
     feed::FeedServer::new(log, config).await.expect("server")
 }
 
+/// A SQLite log of 35 events (three sealed pages of 10 and a head of 5) and a server
+/// of it; the directory holds the log's file.
+async fn three_sealed_pages_of_ten() -> (tempfile::TempDir, EventLog, feed::FeedServer) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let log = EventLog::connect(&sqlite_url(&dir, "log.db"))
+        .await
+        .expect("log");
+    append_n(&log, 35, 35).await;
+    let server = server_for(log.clone(), "http://feeds.example", 10).await;
+    (dir, log, server)
+}
+
 /// A client that reads a sealed page is most likely walking the archive, so the
 /// server renders the next sealed page, in the same format and coding, while it
 /// answers: a replay finds it ready. It renders each page once, reads nothing ahead
 /// past the newest sealed page, and a page read ahead is the page asked for.
 #[tokio::test]
 async fn reading_a_sealed_page_renders_the_next_one_ahead_once() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let url = sqlite_url(&dir, "log.db");
-    let log = EventLog::connect(&url).await.expect("log");
-    append_n(&log, 35, 35).await;
-    let server = server_for(log.clone(), "http://feeds.example", 10).await;
+    let (_dir, log, server) = three_sealed_pages_of_ten().await;
     let r = server.clone().router();
     let gzip = [("accept-encoding", "gzip")];
     let (status, _, _) = oneshot(&r, "/feed", &gzip).await;
@@ -374,6 +382,49 @@ async fn reading_a_sealed_page_renders_the_next_one_ahead_once() {
     let fresh = server_for(log, "http://feeds.example", 10).await.router();
     let (_, _, asked) = oneshot(&fresh, "/feed/archive/11-20", &gzip).await;
     assert_eq!(gunzip(&ahead), gunzip(&asked));
+}
+
+/// The head names the newest sealed page as `prev-archive` with its digest, so the
+/// server renders each page once when it seals, to record that digest. It keeps that
+/// rendering, in the coding its subscribers ask for (zstd), instead of throwing it
+/// away: a replay right after reads the pages from memory. The kept bytes and ETags
+/// are the ones a server renders when asked.
+#[tokio::test]
+async fn the_sealed_pages_rendered_for_the_hash_chain_are_kept_for_the_next_reader() {
+    let (_dir, log, server) = three_sealed_pages_of_ten().await;
+    let r = server.clone().router();
+    let (status, _, _) = oneshot(&r, "/feed", &[]).await;
+    assert_eq!(status, 200);
+
+    let zstd = [("accept-encoding", "zstd")];
+    let mut kept = Vec::new();
+    for page in ["1-10", "11-20", "21-30"] {
+        let (status, headers, body) = oneshot(&r, &format!("/feed/archive/{page}"), &zstd).await;
+        assert_eq!(status, 200);
+        assert_eq!(h(&headers, "content-encoding"), "zstd");
+        kept.push((h(&headers, "etag"), body));
+    }
+    assert_eq!(
+        server.pages_rendered(),
+        0,
+        "the pages rendered for the chain were rendered again"
+    );
+    // The newest sealed page, so nothing is read ahead, here and below.
+    let gzip = [("accept-encoding", "gzip")];
+    let (status, _, _) = oneshot(&r, "/feed/archive/21-30", &gzip).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        server.pages_rendered(),
+        1,
+        "another coding is rendered when asked"
+    );
+
+    // A server that starts on the recorded chain has nothing kept, and renders the
+    // same bytes.
+    let fresh = server_for(log, "http://feeds.example", 10).await;
+    let (_, headers, body) = oneshot(&fresh.clone().router(), "/feed/archive/21-30", &zstd).await;
+    assert_eq!(fresh.pages_rendered(), 1);
+    assert_eq!((h(&headers, "etag"), body), kept[2]);
 }
 
 fn gunzip(body: &[u8]) -> String {
