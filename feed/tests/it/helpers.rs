@@ -76,10 +76,15 @@ pub(crate) fn sqlite_url(dir: &tempfile::TempDir, name: &str) -> String {
 }
 
 pub(crate) fn event(stream: &str, n: u64) -> NewEvent {
+    event_with(stream, serde_json::json!({ "n": n, "text": "<&\"'>" }))
+}
+
+/// A `Something.Happened` event on `stream` with `data`.
+pub(crate) fn event_with(stream: &str, data: serde_json::Value) -> NewEvent {
     NewEvent::new(
         StreamId::parse(stream).expect("stream"),
         EventType::parse("Something.Happened").expect("type"),
-        serde_json::json!({ "n": n, "text": "<&\"'>" }),
+        data,
     )
 }
 

@@ -1055,17 +1055,35 @@ async fn a_handler_that_takes_raw_json_but_keeps_the_default_gets_the_events_dec
 /// A source log of `n` events served at page size 100, and a fresh log to mirror it
 /// into (in the directory returned, with the source's).
 async fn mirror_setup(n: u64) -> (EventLog, TestFeed, [tempfile::TempDir; 2], EventLog) {
-    let src_dir = tempfile::tempdir().expect("tmp");
-    let source = EventLog::connect(&sqlite_url(&src_dir, "src.db"))
-        .await
-        .expect("source");
+    let (src_dir, source) = sqlite_log("src.db").await;
     append_n(&source, n, 50).await;
-    let feed = TestFeed::start(source.clone(), 100).await;
-    let dir = tempfile::tempdir().expect("tmp");
-    let mirror = EventLog::connect(&sqlite_url(&dir, "mirror.db"))
-        .await
-        .expect("mirror");
+    let (feed, dir, mirror) = feed_and_mirror(&source).await;
     (source, feed, [dir, src_dir], mirror)
+}
+
+/// A fresh SQLite log in a directory of its own.
+async fn sqlite_log(file: &str) -> (tempfile::TempDir, EventLog) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let log = EventLog::connect(&sqlite_url(&dir, file))
+        .await
+        .expect("log");
+    (dir, log)
+}
+
+/// A feed of `source` in pages of 100, and an empty SQLite log to mirror it into.
+async fn feed_and_mirror(source: &EventLog) -> (TestFeed, tempfile::TempDir, EventLog) {
+    let feed = TestFeed::start(source.clone(), 100).await;
+    let (dir, mirror) = sqlite_log("mirror.db").await;
+    (feed, dir, mirror)
+}
+
+/// A subscription named `mirror` that mirrors `feed` into `mirror`.
+fn mirror_subscriber(feed: &TestFeed, mirror: &EventLog) -> Subscriber<Mirror> {
+    Subscriber::new(
+        fast("mirror", feed.url("/feed")),
+        mirror.database().clone(),
+        Mirror(mirror.clone()),
+    )
 }
 
 /// Steps `sub` until the log it mirrors into holds `head` events.
@@ -1092,11 +1110,7 @@ fn texts(events: &[feed::RawEvent]) -> Vec<(u64, String, String, String)> {
 #[tokio::test]
 async fn a_sqlite_mirror_writes_each_page_with_its_checkpoint_on_a_connection_of_its_own() {
     let (source, feed, _dir, mirror) = mirror_setup(1050).await;
-    let mut sub = Subscriber::new(
-        fast("mirror", feed.url("/feed")),
-        mirror.database().clone(),
-        Mirror(mirror.clone()),
-    );
+    let mut sub = mirror_subscriber(&feed, &mirror);
     mirror_until(&mut sub, 1050).await;
     // Ten sealed pages and the head, each one transaction on the direct connection.
     assert_eq!(sub.status().direct_pages(), 11);
@@ -1112,6 +1126,47 @@ async fn a_sqlite_mirror_writes_each_page_with_its_checkpoint_on_a_connection_of
     assert_eq!(stored_checkpoint(mirror.database(), "mirror").await, 1080);
 }
 
+/// A mirror's WAL is checkpointed as it fills, also while the direct writer commits
+/// page after page: mirroring 12 MB of events leaves a WAL of a few MB, not one as
+/// large as what was written (SQLite reuses the WAL file from its start once it is
+/// checkpointed, so its size is the most it ever held). Checkpoints moved off the
+/// writer's connection, to spare it their syncs, broke this: a passive checkpoint
+/// never catches up with a writer that does not pause (BENCHMARKS.md, P1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_mirror_keeps_the_wal_checkpointed() {
+    let (_src_dir, source) = sqlite_log("src.db").await;
+    let filler = "x".repeat(4000);
+    for batch in 0..30u64 {
+        let mut tx = source.begin().await.expect("begin");
+        let events: Vec<feed::NewEvent> = (0..100)
+            .map(|k| {
+                let data = serde_json::json!({ "n": batch * 100 + k, "filler": filler });
+                crate::helpers::event_with(&format!("s-{k}"), data)
+            })
+            .collect();
+        source
+            .append(&mut tx, feed::Expected::Any, &events)
+            .await
+            .expect("append");
+        tx.commit().await.expect("commit");
+    }
+    let (feed, dir, mirror) = feed_and_mirror(&source).await;
+    let mut sub = mirror_subscriber(&feed, &mirror);
+    mirror_until(&mut sub, 3000).await;
+    assert_eq!(sub.status().direct_pages(), 30);
+    let wal = std::fs::metadata(dir.path().join("mirror.db-wal"))
+        .expect("the mirror's WAL")
+        .len();
+    assert!(
+        wal < 9 << 20,
+        "the WAL grew to {wal} bytes for 12 MB of events: it is not checkpointed"
+    );
+    assert_eq!(
+        texts(&mirror.read_range_raw(2990, 3000).await.expect("mirror")),
+        texts(&source.read_range_raw(2990, 3000).await.expect("source"))
+    );
+}
+
 #[tokio::test]
 async fn a_mirror_into_a_log_ahead_of_its_checkpoint_keeps_what_it_holds_and_goes_on() {
     let (source, feed, _dir, mirror) = mirror_setup(500).await;
@@ -1120,11 +1175,7 @@ async fn a_mirror_into_a_log_ahead_of_its_checkpoint_keeps_what_it_holds_and_goe
     let mut tx = mirror.begin().await.expect("begin");
     mirror.import(&mut tx, &held).await.expect("import");
     tx.commit().await.expect("commit");
-    let mut sub = Subscriber::new(
-        fast("mirror", feed.url("/feed")),
-        mirror.database().clone(),
-        Mirror(mirror.clone()),
-    );
+    let mut sub = mirror_subscriber(&feed, &mirror);
     mirror_until(&mut sub, 500).await;
     // Pages 1-100 and 101-200 overlap the log's head: the direct writer leaves them
     // to the general import, which skips what is held. The other three are direct.
@@ -1140,11 +1191,7 @@ async fn a_mirror_into_a_log_ahead_of_its_checkpoint_keeps_what_it_holds_and_goe
 async fn a_mirror_into_a_log_holding_other_events_stops_and_writes_nothing() {
     let (_source, feed, _dir, mirror) = mirror_setup(300).await;
     append_n(&mirror, 5, 5).await; // its own events at positions 1..=5
-    let mut sub = Subscriber::new(
-        fast("mirror", feed.url("/feed")),
-        mirror.database().clone(),
-        Mirror(mirror.clone()),
-    );
+    let mut sub = mirror_subscriber(&feed, &mirror);
     let err = sub.poll_once().await.expect_err("diverged");
     assert!(
         err.to_string()
