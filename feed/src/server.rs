@@ -459,13 +459,18 @@ impl FeedServer {
             let nav = layout.page_navigation(next);
             let doc = self.render_sealed_page(&nav, &entries, prev.as_deref());
             let rendered = hex(&Sha256::digest(doc.as_bytes()));
-            let digest = log
+            let digest = match log
                 .record_page_digest(base, next.from, next.to, &rendered)
                 .await?
-                .unwrap_or_else(|| rendered.clone());
-            if digest == rendered {
-                self.keep_sealed_page(next, doc).await;
-            }
+            {
+                // Another process recorded a different rendering: `doc` is not the
+                // page the chain holds, so it is not kept.
+                Some(recorded) if recorded != rendered => recorded,
+                _ => {
+                    self.keep_sealed_page(next, doc).await;
+                    rendered
+                }
+            };
             if next.from >= page.from {
                 return Ok(digest);
             }
@@ -484,12 +489,12 @@ impl FeedServer {
             format: Format::Atom,
             coding: Coding::Zstd,
         };
-        let key = DocKey::Page(range, w.format, w.coding);
-        if self.inner.docs.contains_key(&key) {
-            return;
-        }
-        let rendered = finish(doc, w).await;
-        self.inner.docs.insert(key, rendered).await;
+        // Compressed only if no request has rendered it (or is rendering it) already.
+        self.inner
+            .docs
+            .entry(DocKey::Page(range, w.format, w.coding))
+            .or_insert_with(finish(doc, w))
+            .await;
     }
 
     /// Records the digest of sealed page `range` rendered as `doc` unless one was

@@ -75,6 +75,15 @@ pub(crate) fn sqlite_url(dir: &tempfile::TempDir, name: &str) -> String {
     dir.path().join(name).display().to_string()
 }
 
+/// A fresh SQLite log in `file` of a directory of its own.
+pub(crate) async fn sqlite_log(file: &str) -> (tempfile::TempDir, EventLog) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let log = EventLog::connect(&sqlite_url(&dir, file))
+        .await
+        .expect("log");
+    (dir, log)
+}
+
 pub(crate) fn event(stream: &str, n: u64) -> NewEvent {
     event_with(stream, serde_json::json!({ "n": n, "text": "<&\"'>" }))
 }

@@ -329,10 +329,7 @@ async fn server_for(log: EventLog, base: &str, page_size: u64) -> feed::FeedServ
 /// A SQLite log of 35 events (three sealed pages of 10 and a head of 5) and a server
 /// of it; the directory holds the log's file.
 async fn three_sealed_pages_of_ten() -> (tempfile::TempDir, EventLog, feed::FeedServer) {
-    let dir = tempfile::tempdir().expect("tmp");
-    let log = EventLog::connect(&sqlite_url(&dir, "log.db"))
-        .await
-        .expect("log");
+    let (dir, log) = crate::helpers::sqlite_log("log.db").await;
     append_n(&log, 35, 35).await;
     let server = server_for(log.clone(), "http://feeds.example", 10).await;
     (dir, log, server)

@@ -8,7 +8,7 @@ use feed::subscriber::{Handler, Mirror, Progress, SubscribeError, Subscriber, Su
 use futures::future::BoxFuture;
 use sqlx::AnyConnection;
 
-use crate::helpers::{TestFeed, append_n, sqlite_url};
+use crate::helpers::{TestFeed, append_n, sqlite_log, sqlite_url};
 
 /// A replica: one row per event, and a count of how often each was applied (a
 /// duplicate application would make a count 2).
@@ -1059,15 +1059,6 @@ async fn mirror_setup(n: u64) -> (EventLog, TestFeed, [tempfile::TempDir; 2], Ev
     append_n(&source, n, 50).await;
     let (feed, dir, mirror) = feed_and_mirror(&source).await;
     (source, feed, [dir, src_dir], mirror)
-}
-
-/// A fresh SQLite log in a directory of its own.
-async fn sqlite_log(file: &str) -> (tempfile::TempDir, EventLog) {
-    let dir = tempfile::tempdir().expect("tmp");
-    let log = EventLog::connect(&sqlite_url(&dir, file))
-        .await
-        .expect("log");
-    (dir, log)
 }
 
 /// A feed of `source` in pages of 100, and an empty SQLite log to mirror it into.
