@@ -65,7 +65,7 @@ pub(crate) enum Outcome {
 type Job = (PageWrite, oneshot::Sender<Outcome>);
 
 /// A thread with its own SQLite connection, writing a mirror's pages.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct DirectWriter {
     jobs: mpsc::Sender<Job>,
 }
@@ -88,15 +88,30 @@ impl DirectWriter {
         Some(Self { jobs })
     }
 
-    /// Writes `page`, or says why it did not.
-    pub(crate) async fn write(&self, page: PageWrite) -> Outcome {
+    /// Queues `page` behind the pages queued before it; the thread writes them in
+    /// the order they came, each in its own transaction.
+    pub(crate) fn submit(&self, page: PageWrite) -> Pending {
         let (answer, outcome) = oneshot::channel();
-        if let Err(mpsc::SendError((page, _))) = self.jobs.send((page, answer)) {
-            return Outcome::NotWritten(page, "the writer thread has ended".into());
+        Pending(match self.jobs.send((page, answer)) {
+            Ok(()) => Ok(outcome),
+            Err(mpsc::SendError((page, _))) => Err(page),
+        })
+    }
+}
+
+/// A page queued on a [`DirectWriter`].
+#[derive(Debug)]
+pub(crate) struct Pending(Result<oneshot::Receiver<Outcome>, PageWrite>);
+
+impl Pending {
+    /// What became of the page, once the thread has written it or declined.
+    pub(crate) async fn outcome(self) -> Outcome {
+        match self.0 {
+            Ok(outcome) => outcome
+                .await
+                .unwrap_or_else(|_| Outcome::Lost("the writer thread ended mid-page".into())),
+            Err(page) => Outcome::NotWritten(page, "the writer thread has ended".into()),
         }
-        outcome
-            .await
-            .unwrap_or_else(|_| Outcome::Lost("the writer thread ended mid-page".into()))
     }
 }
 

@@ -29,7 +29,7 @@
 //! handler, and continues from the checkpoint the winner saved. After any failure,
 //! including a commit whose outcome is unknown, the checkpoint is read again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -479,6 +479,11 @@ struct ReadAhead {
 /// Pages parsed or being parsed ahead of the one applied, besides the one requested.
 const READ_AHEAD: usize = 2;
 
+/// The most sealed pages one step writes through the writer thread
+/// ([`Subscriber::write_directly`]): a replay reports its progress, and `run` sees a
+/// shutdown, at least every this many pages.
+const RUN_PAGES: usize = 16;
+
 impl ReadAhead {
     /// `raw`: see [`Handler::takes_raw`].
     fn start(client: reqwest::Client, first: String, status: Arc<Status>, raw: bool) -> Self {
@@ -540,6 +545,8 @@ pub struct Subscriber<H> {
     /// next step is the long poll, at once.
     poll_at_once: bool,
     read_ahead: Option<ReadAhead>,
+    /// A document read at the end of a run of direct writes, for the next step.
+    stash: Option<Fetched>,
     direct: Direct,
 }
 
@@ -579,6 +586,7 @@ impl<H: Handler> Subscriber<H> {
             seen: HashMap::new(),
             poll_at_once: false,
             read_ahead: None,
+            stash: None,
             direct: Direct::Untried,
             status: Arc::new(Status::default()),
         }
@@ -684,7 +692,10 @@ impl<H: Handler> Subscriber<H> {
         }
     }
 
-    /// One step: reads one document and applies what is new on it.
+    /// One step: reads one document and applies what is new on it. A mirror written
+    /// through its own connection (see [`Handler::imports_into`]) also writes the
+    /// sealed pages after it that are already on their way, up to 16 pages, each in
+    /// its own transaction; [`Progress::Applied`] counts them all.
     pub async fn poll_once(&mut self) -> Result<Progress, SubscribeError> {
         let result = self.step().await;
         self.status.caught_up.store(
@@ -701,6 +712,7 @@ impl<H: Handler> Subscriber<H> {
                 self.cursor = Cursor::Locate;
                 self.checkpoint = None;
                 self.read_ahead = None;
+                self.stash = None;
             }
         }
         result
@@ -828,32 +840,7 @@ impl<H: Handler> Subscriber<H> {
             }
             self.status.head.fetch_max(head, Ordering::Relaxed);
         }
-        let mut events = std::mem::take(&mut f.doc.entries);
-        events.retain(|e| e.position > cp.position);
-        let mut expected = cp.position + 1;
-        for e in &events {
-            if e.position != expected {
-                return Err(SubscribeError::Gap {
-                    url: f.url.clone(),
-                    expected,
-                    found: e.position,
-                });
-            }
-            expected += 1;
-        }
-        let events =
-            Batch::of(events, self.handler.takes_raw()).map_err(|e| SubscribeError::Malformed {
-                url: f.url.clone(),
-                reason: e.to_string(),
-            })?;
-        let next_cursor = if f.doc.archive {
-            Cursor::Page(self.next_archive(&f)?)
-        } else {
-            Cursor::Head {
-                url: f.doc.links.this.clone().unwrap_or_else(|| f.url.clone()),
-                etag: f.etag.clone(),
-            }
-        };
+        let (events, last, next_cursor) = self.new_events(cp.position, &mut f)?;
         if events.is_empty() {
             // A document with nothing new was not a long poll held by the producer.
             self.cursor = next_cursor;
@@ -872,11 +859,10 @@ impl<H: Handler> Subscriber<H> {
                 self.handler.takes_raw(),
             ));
         }
-        let last = expected - 1;
         let mut page_url = f.doc.links.this.clone().unwrap_or_else(|| f.url.clone());
         let mut page_digest = f.doc.archive.then(|| f.digest.clone());
         let mut now = atom::format_time(&chrono::Utc::now());
-        let events = match events {
+        let (events, next_cursor) = match events {
             Batch::Raw(raw) => {
                 let page = PageWrite {
                     subscription: self.config.name.clone(),
@@ -888,17 +874,17 @@ impl<H: Handler> Subscriber<H> {
                     updated_at: now,
                     events: raw,
                 };
-                match self.write_directly(page).await? {
-                    Ok(page) => return Ok(self.written_directly(page, next_cursor)),
-                    Err(page) => {
+                match self.write_directly(page, next_cursor).await? {
+                    Ok(progress) => return Ok(progress),
+                    Err((page, next_cursor)) => {
                         page_url = page.page_url;
                         page_digest = page.page_digest;
                         now = page.updated_at;
-                        Batch::Raw(page.events)
+                        (Batch::Raw(page.events), next_cursor)
                     }
                 }
             }
-            events => events,
+            events => (events, next_cursor),
         };
         let mut tx = self.db.begin().await?;
         // The compare-and-set comes first, so a competing instance of this
@@ -948,6 +934,43 @@ impl<H: Handler> Subscriber<H> {
         Ok(self.applied(last, page_url, page_digest, next_cursor, events.len()))
     }
 
+    /// The events of `f` after position `applied`, checked to follow it with no gap;
+    /// the last of them (`applied` if none); and where the step after this document
+    /// goes.
+    fn new_events(
+        &self,
+        applied: Position,
+        f: &mut Fetched,
+    ) -> Result<(Batch, Position, Cursor), SubscribeError> {
+        let mut events = std::mem::take(&mut f.doc.entries);
+        events.retain(|e| e.position > applied);
+        let mut expected = applied + 1;
+        for e in &events {
+            if e.position != expected {
+                return Err(SubscribeError::Gap {
+                    url: f.url.clone(),
+                    expected,
+                    found: e.position,
+                });
+            }
+            expected += 1;
+        }
+        let events =
+            Batch::of(events, self.handler.takes_raw()).map_err(|e| SubscribeError::Malformed {
+                url: f.url.clone(),
+                reason: e.to_string(),
+            })?;
+        let next_cursor = if f.doc.archive {
+            Cursor::Page(self.next_archive(f)?)
+        } else {
+            Cursor::Head {
+                url: f.doc.links.this.clone().unwrap_or_else(|| f.url.clone()),
+                etag: f.etag.clone(),
+            }
+        };
+        Ok((events, expected - 1, next_cursor))
+    }
+
     /// After a page's commit: the checkpoint, the status and the way on.
     fn applied(
         &mut self,
@@ -985,12 +1008,17 @@ impl<H: Handler> Subscriber<H> {
     }
 
     /// Writes `page` on the subscription's own SQLite connection if the handler
-    /// allows it (see [`Handler::imports_into`]). `Ok(Err(page))` hands the page back
-    /// for the general path: nothing of it was written.
+    /// allows it (see [`Handler::imports_into`]), and after it the sealed pages that
+    /// follow it as they arrive from the read-ahead, up to [`RUN_PAGES`] pages in all.
+    /// The writer thread has the next page queued while it writes one, so it does not
+    /// wait for this task between pages; each page is still its own transaction with
+    /// its checkpoint. `Ok(Err(..))` hands `page` back, with `next_cursor`, for the
+    /// general path: nothing was written.
     async fn write_directly(
         &mut self,
         page: PageWrite,
-    ) -> Result<Result<PageWrite, PageWrite>, SubscribeError> {
+        next_cursor: Cursor,
+    ) -> Result<Result<Progress, (PageWrite, Cursor)>, SubscribeError> {
         if matches!(self.direct, Direct::Untried) {
             let same_file = self.handler.imports_into().is_some_and(|log| {
                 self.db.backend() == Backend::Sqlite && log.database().url() == self.db.url()
@@ -1001,26 +1029,101 @@ impl<H: Handler> Subscriber<H> {
             };
         }
         let Direct::On(writer) = &self.direct else {
-            return Ok(Err(page));
+            return Ok(Err((page, next_cursor)));
         };
-        let position = page.from + 1;
-        match writer.write(page).await {
-            Outcome::Written(page) => Ok(Ok(page)),
-            Outcome::NotWritten(page, why) => {
-                tracing::debug!(subscription = %self.config.name, position, why, "page left to the general path");
-                Ok(Err(page))
+        let writer = writer.clone();
+        // The last page queued and where the step after it goes.
+        let mut tail = (page.last, next_cursor.clone());
+        let mut queued = VecDeque::from([(page.from + 1, writer.submit(page), next_cursor)]);
+        let mut pages = 1;
+        let (mut events, mut position) = (0, 0);
+        // The first page the writer declined, unless a later one was written.
+        let mut declined = None;
+        loop {
+            if declined.is_none()
+                && queued.len() < 2
+                && pages < RUN_PAGES
+                && let Some((page, cursor)) = self.next_in_run(tail.0, &tail.1).await
+            {
+                tail = (page.last, cursor.clone());
+                queued.push_back((page.from + 1, writer.submit(page), cursor));
+                pages += 1;
+                continue;
             }
-            Outcome::Lost(why) => {
-                self.direct = Direct::Off;
-                Err(SubscribeError::Handler {
-                    position,
-                    source: anyhow::anyhow!(why),
-                })
+            let Some((first, pending, cursor)) = queued.pop_front() else {
+                break;
+            };
+            match pending.outcome().await {
+                Outcome::Written(page) => {
+                    // A page after a declined one can only have been written if
+                    // another instance wrote the declined one: its checkpoint stands.
+                    declined = None;
+                    events += page.events.len();
+                    position = page.last;
+                    self.written_directly(page, cursor);
+                }
+                Outcome::NotWritten(page, why) => {
+                    tracing::debug!(subscription = %self.config.name, position = first, why, "page left to the general path");
+                    if declined.is_none() {
+                        declined = Some((page, cursor));
+                    }
+                }
+                Outcome::Lost(why) => {
+                    self.direct = Direct::Off;
+                    return Err(SubscribeError::Handler {
+                        position: first,
+                        source: anyhow::anyhow!(why),
+                    });
+                }
             }
         }
+        Ok(match declined {
+            Some(first) if events == 0 => Err(first),
+            _ => Ok(Progress::Applied { events, position }),
+        })
+    }
+
+    /// The sealed page after position `applied`, if the read-ahead has it (or it is
+    /// on its way) and it continues right after `applied`, as a write for the
+    /// writer thread, with where the step after it goes. A document that does not
+    /// continue the run (the head, say) is kept for the next step; an error is left
+    /// for the next step to meet again and report.
+    async fn next_in_run(
+        &mut self,
+        applied: Position,
+        cursor: &Cursor,
+    ) -> Option<(PageWrite, Cursor)> {
+        let Cursor::Page(url) = cursor else {
+            return None;
+        };
+        self.read_ahead.as_ref()?;
+        let mut f = self.fetch_doc(url).await.ok()?;
+        if !f.doc.archive || f.doc.entries.first().map(|e| e.position) != Some(applied + 1) {
+            self.stash = Some(f);
+            return None;
+        }
+        let (Batch::Raw(events), last, next) = self.new_events(applied, &mut f).ok()? else {
+            return None;
+        };
+        let page = PageWrite {
+            subscription: self.config.name.clone(),
+            stored: true,
+            from: applied,
+            last,
+            page_url: f.doc.links.this.take().unwrap_or(f.url),
+            page_digest: Some(f.digest),
+            updated_at: atom::format_time(&chrono::Utc::now()),
+            events,
+        };
+        Some((page, next))
     }
 
     async fn fetch_doc(&mut self, url: &str) -> Result<Fetched, SubscribeError> {
+        if let Some(f) = self.stash.take()
+            && f.url == url
+        {
+            return Ok(f);
+        }
         match self.fetch(url, None, None, 0).await? {
             Answer::Doc(f) => Ok(*f),
             Answer::NotModified { .. } => Err(SubscribeError::Malformed {

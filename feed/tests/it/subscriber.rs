@@ -1117,6 +1117,40 @@ async fn a_sqlite_mirror_writes_each_page_with_its_checkpoint_on_a_connection_of
     assert_eq!(stored_checkpoint(mirror.database(), "mirror").await, 1080);
 }
 
+/// A mirror's step writes, after the page it read, the sealed pages the read-ahead
+/// brings, each in its own transaction with its checkpoint, so the writer thread has
+/// the next page queued while it commits one. A step writes at most 16 pages, and the
+/// document that ends a run (here the head) is kept for the next step, not asked for
+/// again.
+#[tokio::test]
+async fn a_mirror_step_writes_the_sealed_pages_read_ahead_and_asks_for_each_document_once() {
+    let (source, feed, _dir, mirror) = mirror_setup(1750).await;
+    let mut sub = mirror_subscriber(&feed, &mirror);
+    let steps = [
+        (1600, 1600), // pages 1-16
+        (100, 1700),  // page 17, then the head arrives and ends the run
+        (50, 1750),   // the head, from the step before
+    ];
+    for (events, position) in steps {
+        assert_eq!(
+            sub.poll_once().await.expect("step"),
+            Progress::Applied { events, position }
+        );
+        assert_eq!(
+            stored_checkpoint(mirror.database(), "mirror").await,
+            position as i64
+        );
+    }
+    assert_eq!(sub.status().direct_pages(), 18);
+    // The head twice (to find the first page, then as the read-ahead's last), and
+    // each of the 17 sealed pages once.
+    assert_eq!(sub.status().requests(), 19);
+    assert_eq!(
+        texts(&mirror.read_range_raw(1, 1750).await.expect("mirror")),
+        texts(&source.read_range_raw(1, 1750).await.expect("source"))
+    );
+}
+
 /// A mirror's WAL is checkpointed as it fills, also while the direct writer commits
 /// page after page: mirroring 12 MB of events leaves a WAL of a few MB, not one as
 /// large as what was written (SQLite reuses the WAL file from its start once it is
