@@ -217,8 +217,8 @@ pub(crate) async fn varnish(
     origin_port: u16,
     params: &[&str],
 ) -> anyhow::Result<Daemon> {
-    let varnishd =
-        find("varnishd").context("varnishd is not installed (apt-get install varnish)")?;
+    let varnishd = feed::testing::varnishd_path()
+        .context("varnishd is not installed (apt-get install varnish)")?;
     let dir = open_dir()?;
     let vcl_path = dir.path().join("bench.vcl");
     write_readable(
@@ -227,25 +227,18 @@ pub(crate) async fn varnish(
     )?;
     let port = free_port()?;
     let admin = free_port()?;
-    let mut command = Command::new(varnishd);
-    command
-        .arg("-F")
-        .arg("-n")
-        .arg(dir.path().join("varnish"))
-        .arg("-a")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("-T")
-        .arg(format!("127.0.0.1:{admin}"))
-        .arg("-f")
-        .arg(&vcl_path)
-        .arg("-s")
-        .arg("malloc,256m");
+    let mut command = feed::testing::varnishd_command(
+        &varnishd,
+        &dir.path().join("varnish"),
+        port,
+        admin,
+        &vcl_path,
+        256,
+    );
     for p in params {
         command.arg("-p").arg(p);
     }
     let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .context("cannot start varnishd")?;

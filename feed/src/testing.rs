@@ -1,5 +1,6 @@
-//! Test support (feature `testing`): a throwaway PostgreSQL cluster, waiting for
-//! things to happen ([`eventually`]) and reading a whole feed ([`feed_events`]).
+//! Test support (feature `testing`): a throwaway PostgreSQL cluster, the varnishd
+//! command line ([`varnishd_command`]), waiting for things to happen
+//! ([`eventually`]) and reading a whole feed ([`feed_events`]).
 //!
 //! `initdb` refuses to run as root, so when the tests run as root the cluster is
 //! created and started as the `postgres` user (through `runuser`). The cluster listens
@@ -7,7 +8,7 @@
 //! and is stopped when the handle is dropped.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 mod feeds;
 
@@ -228,4 +229,44 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("bind an ephemeral port")
+}
+
+/// Where varnishd is installed (on the `PATH` or in an `sbin` folder), if it is.
+pub fn varnishd_path() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join("varnishd"))
+        .find(|p| p.is_file())
+}
+
+/// The varnishd command line the tests and the benchmarks share: `varnishd` in the
+/// foreground, its state in `workdir`, serving on 127.0.0.1:`port` with its
+/// management interface on 127.0.0.1:`admin`, running the VCL file `vcl` with
+/// `storage_mib` MiB of memory storage, its stdin and stdout closed. The caller adds
+/// what else it needs (`-p` parameters, where stderr goes) and spawns it.
+pub fn varnishd_command(
+    varnishd: &Path,
+    workdir: &Path,
+    port: u16,
+    admin: u16,
+    vcl: &Path,
+    storage_mib: u32,
+) -> Command {
+    let mut command = Command::new(varnishd);
+    command
+        .arg("-F")
+        .arg("-n")
+        .arg(workdir)
+        .arg("-a")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-T")
+        .arg(format!("127.0.0.1:{admin}"))
+        .arg("-f")
+        .arg(vcl)
+        .arg("-s")
+        .arg(format!("malloc,{storage_mib}m"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    command
 }

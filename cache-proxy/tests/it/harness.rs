@@ -1,8 +1,7 @@
 //! Fronts under test: cache-proxy in-process, and a real varnishd with our VCL.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use cache_proxy::{Config, Proxy, Route};
@@ -159,17 +158,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-pub(crate) fn varnishd_path() -> Option<PathBuf> {
-    [
-        "/usr/sbin/varnishd",
-        "/usr/bin/varnishd",
-        "/usr/local/sbin/varnishd",
-    ]
-    .into_iter()
-    .map(PathBuf::from)
-    .find(|p| p.exists())
-}
-
 /// Starts varnishd with `varnish/default.vcl` pointed at `origin`, or returns
 /// `None` (after saying so loudly) when varnishd or varnish-modules is not
 /// installed.
@@ -180,7 +168,7 @@ pub(crate) async fn spawn_varnish(origin: &Origin, test: &str) -> Option<Front> 
 /// [`spawn_varnish`] for any backend address.
 pub(crate) async fn spawn_varnish_at(backend: SocketAddr, test: &str) -> Option<Front> {
     use std::os::unix::fs::PermissionsExt;
-    let Some(varnishd) = varnishd_path() else {
+    let Some(varnishd) = feed::testing::varnishd_path() else {
         eprintln!(
             "\n!!!!! SKIPPED {test}: varnishd is not installed (apt-get install varnish) !!!!!\n"
         );
@@ -213,23 +201,11 @@ pub(crate) async fn spawn_varnish_at(backend: SocketAddr, test: &str) -> Option<
         let workdir = dir.path().join("varnish");
         let stderr_path = dir.path().join("varnishd.stderr");
         let stderr = std::fs::File::create(&stderr_path).expect("varnishd stderr file");
-        let child = Command::new(&varnishd)
-            .arg("-F")
-            .arg("-n")
-            .arg(&workdir)
-            .arg("-a")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("-T")
-            .arg(format!("127.0.0.1:{admin}"))
-            .arg("-f")
-            .arg(&vcl_path)
-            .arg("-s")
-            .arg("malloc,64m")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("start varnishd");
+        let child =
+            feed::testing::varnishd_command(&varnishd, &workdir, port, admin, &vcl_path, 64)
+                .stderr(stderr)
+                .spawn()
+                .expect("start varnishd");
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut varnish = Varnish {
             addr,
