@@ -1,21 +1,14 @@
 //! The outside programs: wrk (load), nginx (P2's baseline) and varnishd (P3's).
 
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, bail};
 
-use crate::roles::{free_port, wait_until_up};
+use feed::testing::installed;
 
-/// Finds a program on PATH or in the sbin folders (nginx and varnishd live there).
-pub(crate) fn find(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
-}
+use crate::roles::{free_port, wait_until_up};
 
 /// What a wrk run measured.
 #[derive(Debug, Clone, Copy)]
@@ -32,7 +25,7 @@ pub(crate) fn wrk(
     connections: u32,
     headers: &[&str],
 ) -> anyhow::Result<WrkResult> {
-    let wrk = find("wrk").context("wrk is not installed (apt-get install wrk)")?;
+    let wrk = installed("wrk").context("wrk is not installed (apt-get install wrk)")?;
     let mut command = Command::new(wrk);
     command.args([
         "-t2".to_owned(),
@@ -117,7 +110,8 @@ pub(crate) async fn nginx(
     client: &reqwest::Client,
     files: &[(&str, &[u8], &[u8])],
 ) -> anyhow::Result<Daemon> {
-    let nginx = find("nginx").context("nginx is not installed (apt-get install nginx-light)")?;
+    let nginx =
+        installed("nginx").context("nginx is not installed (apt-get install nginx-light)")?;
     let dir = open_dir()?;
     let root = dir.path().join("root");
     std::fs::create_dir(&root)?;
@@ -217,8 +211,8 @@ pub(crate) async fn varnish(
     origin_port: u16,
     params: &[&str],
 ) -> anyhow::Result<Daemon> {
-    let varnishd = feed::testing::varnishd_path()
-        .context("varnishd is not installed (apt-get install varnish)")?;
+    let varnishd =
+        installed("varnishd").context("varnishd is not installed (apt-get install varnish)")?;
     let dir = open_dir()?;
     let vcl_path = dir.path().join("bench.vcl");
     write_readable(

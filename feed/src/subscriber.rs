@@ -995,7 +995,8 @@ impl<H: Handler> Subscriber<H> {
         }
     }
 
-    fn written_directly(&mut self, page: PageWrite, next_cursor: Cursor) -> Progress {
+    /// After the writer thread committed `page`: as [`Self::applied`].
+    fn written_directly(&mut self, page: PageWrite, next_cursor: Cursor) {
         self.status.direct_pages.fetch_add(1, Ordering::Relaxed);
         let events = page.events.len();
         self.applied(
@@ -1004,7 +1005,7 @@ impl<H: Handler> Subscriber<H> {
             page.page_digest,
             next_cursor,
             events,
-        )
+        );
     }
 
     /// Writes `page` on the subscription's own SQLite connection if the handler

@@ -231,12 +231,13 @@ pub fn free_port() -> u16 {
         .expect("bind an ephemeral port")
 }
 
-/// Where varnishd is installed (on the `PATH` or in an `sbin` folder), if it is.
-pub fn varnishd_path() -> Option<PathBuf> {
+/// Where `program` (varnishd, wrk, nginx...) is installed, on the `PATH` or in an
+/// `sbin` folder, if it is.
+pub fn installed(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join("varnishd"))
+        .map(|dir| dir.join(program))
         .find(|p| p.is_file())
 }
 

@@ -168,7 +168,7 @@ pub(crate) async fn spawn_varnish(origin: &Origin, test: &str) -> Option<Front> 
 /// [`spawn_varnish`] for any backend address.
 pub(crate) async fn spawn_varnish_at(backend: SocketAddr, test: &str) -> Option<Front> {
     use std::os::unix::fs::PermissionsExt;
-    let Some(varnishd) = feed::testing::varnishd_path() else {
+    let Some(varnishd) = feed::testing::installed("varnishd") else {
         eprintln!(
             "\n!!!!! SKIPPED {test}: varnishd is not installed (apt-get install varnish) !!!!!\n"
         );
