@@ -8,9 +8,9 @@
 
 use std::borrow::Cow;
 use std::str::FromStr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -77,16 +77,51 @@ pub struct Database {
 /// append sets `expected`; while it is set, each return wakes the log's change
 /// watcher, which clears it once it has seen the change (or on its next timed check,
 /// so a rolled-back append does not keep waking it).
+///
+/// On PostgreSQL the same hook tells the log's numbering task (see
+/// `EventLog::append_unnumbered`) that a transaction which may hold unnumbered
+/// events has ended. Which connection comes back is not known, so for a while after
+/// each unnumbered append every return wakes it ([`UNNUMBERED_WINDOW`]); the wakes
+/// coalesce while it works.
 #[derive(Debug, Default)]
 pub(crate) struct LocalCommits {
     expected: AtomicBool,
     returned: Notify,
+    /// Milliseconds after [`epoch`] of the last unnumbered append, plus one (0: none).
+    unnumbered_at: AtomicU64,
+    unnumbered_returned: Notify,
+}
+
+/// How long after an unnumbered append the return of any connection wakes the
+/// numbering task. A transaction left open longer than this after appending is
+/// numbered by the next head read or timed check instead.
+const UNNUMBERED_WINDOW: Duration = Duration::from_secs(10);
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn millis_since_epoch() -> u64 {
+    epoch().elapsed().as_millis() as u64 + 1
 }
 
 impl LocalCommits {
     /// An append is in a transaction that will end soon.
     pub(crate) fn expect(&self) {
         self.expected.store(true, Ordering::Release);
+    }
+
+    /// An unnumbered append is in a transaction that will end soon.
+    pub(crate) fn expect_unnumbered(&self) {
+        self.unnumbered_at
+            .store(millis_since_epoch(), Ordering::Release);
+    }
+
+    /// Resolves when a connection comes back to the pool shortly after an unnumbered
+    /// append.
+    pub(crate) async fn returned_after_unnumbered(&self) {
+        self.unnumbered_returned.notified().await;
     }
 
     /// The watcher has seen the change, or gives up waiting for it.
@@ -102,6 +137,10 @@ impl LocalCommits {
     fn connection_returned(&self) {
         if self.expected.load(Ordering::Acquire) {
             self.returned.notify_one();
+        }
+        let at = self.unnumbered_at.load(Ordering::Acquire);
+        if at != 0 && millis_since_epoch() - at < UNNUMBERED_WINDOW.as_millis() as u64 {
+            self.unnumbered_returned.notify_one();
         }
     }
 }
@@ -151,17 +190,18 @@ impl Database {
         let options = AnyConnectOptions::from_str(&url).map_err(DbError::Connect)?;
         let commits = Arc::new(LocalCommits::default());
         let mut pool = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
-        if backend == Backend::Sqlite {
+        {
             let commits = commits.clone();
+            pool = pool.after_release(move |_conn, _meta| {
+                commits.connection_returned();
+                Box::pin(async { Ok(true) })
+            });
+        }
+        if backend == Backend::Sqlite {
             // A SQLite connection is a file handle in this process: nothing can
             // break it between uses, so the pool does not ping it (a hand-over to
             // its worker thread and back) every time it lends it out.
-            pool = pool
-                .test_before_acquire(false)
-                .after_release(move |_conn, _meta| {
-                    commits.connection_returned();
-                    Box::pin(async { Ok(true) })
-                });
+            pool = pool.test_before_acquire(false);
         }
         if url.contains(":memory:") {
             // Every connection to :memory: is a separate database: keep exactly one.
@@ -312,6 +352,11 @@ pub const FEED_MIGRATIONS: MigrationSet = MigrationSet {
             2,
             "layout version and page digests",
             include_str!("../../migrations/feed/postgres/0002_layout_version_and_page_digests.sql"),
+        ),
+        (
+            3,
+            "events numbered after commit",
+            include_str!("../../migrations/feed/postgres/0003_events_numbered_after_commit.sql"),
         ),
     ],
 };

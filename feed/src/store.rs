@@ -7,8 +7,16 @@
 //!   therefore take turns, the next one reads the counter only after the previous
 //!   one committed or rolled back, and a reader that has seen position p can never later see a smaller new position.
 //!   That is what lets a sealed page be cached forever.
+//!   [`EventLog::append_unnumbered`] is the other way on PostgreSQL: the appending
+//!   transaction takes no lock and commits its events with no position (NULL; `seq`
+//!   keeps their insertion order). A numbering transaction takes the same lock and
+//!   gives every committed unnumbered event the next position, in `seq` order, with
+//!   the head in the same commit. Reads only see numbered events, so the invariant
+//!   holds for them just the same, and appenders no longer take turns.
 //! - **Appends are idempotent by event id.** The id lookup happens under the same
-//!   lock, so two concurrent retries cannot both insert.
+//!   lock, so two concurrent retries cannot both insert. (Unnumbered appends rely on
+//!   the unique constraints on ids and stream versions instead, which also decide
+//!   races between them and numbered appends.)
 //! - **Optimistic concurrency per stream.** The caller names the version it expects;
 //!   a mismatch is [`AppendError::Conflict`] and nothing is written.
 //! - **Events are never updated or deleted.** (A PostgreSQL append may delete rows
@@ -22,8 +30,9 @@
 //!   out the same in its copy and in the database: replicas never disagree on page
 //!   ranges, links or ETags.
 //!
-//! Waking long polls: PostgreSQL appends `pg_notify` in the appending transaction, so
-//! listeners hear of an append exactly when it commits. SQLite has no notifications,
+//! Waking long polls: PostgreSQL appends `pg_notify` in the appending transaction (an
+//! unnumbered append: in the numbering transaction), so listeners hear of an append
+//! exactly when its positions commit. SQLite has no notifications,
 //! so while someone is waiting a background task asks `PRAGMA data_version` (which
 //! changes when any other connection commits, from this process or another) every
 //! couple of milliseconds; nobody waiting, nothing runs. An append made through the
@@ -186,29 +195,7 @@ impl EventLog {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        for e in events {
-            if !e.data.is_object() {
-                return Err(AppendError::Invalid(format!(
-                    "event {}: data must be a JSON object",
-                    e.id
-                )));
-            }
-            if !e.metadata.is_object() {
-                return Err(AppendError::Invalid(format!(
-                    "event {}: metadata must be a JSON object",
-                    e.id
-                )));
-            }
-        }
-        let ids: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
-        let streams: Vec<&str> = {
-            let mut seen = HashSet::new();
-            events
-                .iter()
-                .map(|e| e.stream.as_str())
-                .filter(|s| seen.insert(*s))
-                .collect()
-        };
+        let (ids, streams) = ids_and_streams(events)?;
         let looked_up = if self.db.backend() == Backend::Postgres
             && streams.len() == 1
             && events.len() <= INSERT_CHUNK
@@ -236,59 +223,216 @@ impl EventLog {
         } else {
             lock_and_look_up(tx, self.db.backend(), &ids, &streams).await?
         };
-        let (mut head, existing, mut versions) = looked_up;
-        if existing.len() == events.len() {
-            return Ok(ids.iter().map(|id| existing[id]).collect());
-        }
-        let mut batch_ids = HashSet::new();
-        for id in &ids {
-            if !batch_ids.insert(id) {
-                return Err(AppendError::Invalid(format!("event id {id} appears twice")));
+        let (mut head, mut existing, mut versions) = looked_up;
+        let postgres = self.db.backend() == Backend::Postgres;
+        let stream = &events[0].stream;
+        for _ in 0..UNNUMBERED_ATTEMPTS {
+            if postgres {
+                // Events committed by `append_unnumbered` and not numbered yet go
+                // first, so that a stream's versions stay in position order and a
+                // retry of one of them gets its position: number them (this
+                // transaction holds the lock, so no one else numbers meanwhile) and
+                // look again, until a numbering finds nothing. A numbering that finds
+                // nothing proves the look-up before it saw nothing unnumbered.
+                loop {
+                    let numbered = number_under_lock(tx, head).await?;
+                    if numbered == head {
+                        break;
+                    }
+                    head = numbered;
+                    (existing, versions) =
+                        existing_and_versions(tx, Backend::Postgres, &ids, &streams).await?;
+                }
             }
-        }
-
-        {
-            let stream = &events[0].stream;
+            if existing.len() == events.len() {
+                return Ok(ids.iter().map(|id| existing[id]).collect());
+            }
+            if ids.iter().collect::<HashSet<_>>().len() != ids.len() {
+                let mut seen = HashSet::new();
+                let twice = ids.iter().find(|id| !seen.insert(*id));
+                return Err(AppendError::Invalid(format!(
+                    "event id {} appears twice",
+                    twice.map_or("", |id| id.as_str())
+                )));
+            }
             let actual = versions.get(stream.as_str()).copied().unwrap_or(0);
-            let ok = match expected {
-                Expected::Any => true,
-                Expected::NoStream => actual == 0,
-                Expected::Version(v) => actual == v,
-            };
-            if !ok {
+            if !expected_holds(expected, actual) {
                 return Err(AppendError::Conflict {
                     stream: stream.clone(),
                     expected,
                     actual,
                 });
             }
-        }
-
-        let mut positions = Vec::with_capacity(events.len());
-        let mut rows = Vec::with_capacity(events.len());
-        for (e, id) in events.iter().zip(&ids) {
-            if let Some(p) = existing.get(id) {
-                positions.push(*p);
-                continue;
+            let mut top = head;
+            let mut positions = Vec::with_capacity(events.len());
+            let mut rows = Vec::with_capacity(events.len());
+            for (e, id) in events.iter().zip(&ids) {
+                if let Some(p) = existing.get(id) {
+                    positions.push(*p);
+                    continue;
+                }
+                top += 1;
+                let v = versions.entry(e.stream.as_str()).or_insert(0);
+                *v += 1;
+                positions.push(top);
+                rows.push(Row8 {
+                    position: top,
+                    id: id.clone(),
+                    stream: e.stream.as_str(),
+                    version: *v,
+                    event_type: e.event_type.as_str(),
+                    occurred_at: format_time(&e.occurred_at),
+                    data: e.data.json_text(),
+                    metadata: e.metadata.json_text(),
+                });
             }
-            head += 1;
-            let v = versions.entry(e.stream.as_str()).or_insert(0);
-            *v += 1;
-            positions.push(head);
-            rows.push(Row8 {
-                position: head,
-                id: id.clone(),
-                stream: e.stream.as_str(),
-                version: *v,
-                event_type: e.event_type.as_str(),
-                occurred_at: format_time(&e.occurred_at),
-                data: e.data.json_text(),
-                metadata: e.metadata.json_text(),
-            });
+            if !postgres {
+                self.write_rows(tx, &rows, top).await?;
+                self.db.commits().expect();
+                return Ok(positions);
+            }
+            // Unnumbered appends take no lock, so one may have taken an id or a
+            // stream version since the look-up: the insert skips those rows, and then
+            // none is kept and the look-up runs again (and the numbering, above).
+            if insert_rows_or_none(tx, &rows).await? {
+                move_head_and_notify(tx, top).await?;
+                self.db.commits().expect();
+                return Ok(positions);
+            }
+            (existing, versions) =
+                existing_and_versions(tx, Backend::Postgres, &ids, &streams).await?;
         }
-        self.write_rows(tx, &rows, head).await?;
-        self.db.commits().expect();
-        Ok(positions)
+        let actual = versions.get(stream.as_str()).copied().unwrap_or(0);
+        Err(AppendError::Conflict {
+            stream: stream.clone(),
+            expected,
+            actual,
+        })
+    }
+
+    /// Appends `events`, in order, inside the caller's transaction, like
+    /// [`append`](Self::append), but leaves them unnumbered: they get their positions
+    /// after the transaction commits. Same checks (expected version, idempotent ids,
+    /// JSON objects) and the same errors.
+    ///
+    /// On PostgreSQL this is what lets appenders run side by side: [`append`](Self::append)
+    /// holds the log's lock from taking its positions until its commit, so concurrent
+    /// appenders take turns, while this takes no lock at all. The unique constraints
+    /// on ids and stream versions decide races between appenders. One numbering
+    /// transaction at a time then gives the committed unnumbered events the next
+    /// positions, in the order they were inserted, and moves the head: readers see an
+    /// event only once it is numbered, so positions stay gapless and commit-ordered.
+    /// Numbering happens at the next [`head`](Self::head) read of any process serving
+    /// the log, and in the background of this process as soon as the appending
+    /// transaction's connection comes back to the pool (and every 100 ms
+    /// while a long poll waits). On SQLite, whose writers take turns anyway, this is
+    /// [`append`](Self::append).
+    pub async fn append_unnumbered(
+        &self,
+        tx: &mut AnyConnection,
+        expected: Expected,
+        events: &[NewEvent],
+    ) -> Result<(), AppendError> {
+        if self.db.backend() == Backend::Sqlite || events.is_empty() {
+            return self.append(tx, expected, events).await.map(|_| ());
+        }
+        let (ids, streams) = ids_and_streams(events)?;
+        if streams.len() == 1
+            && events.len() <= INSERT_CHUNK
+            && ids.iter().collect::<HashSet<_>>().len() == ids.len()
+        {
+            match insert_unnumbered_in_one_statement(tx, expected, events, &ids).await? {
+                OneStatement::Appended(_) => {
+                    self.db.commits().expect_unnumbered();
+                    return Ok(());
+                }
+                OneStatement::Conflict(actual) => {
+                    return Err(AppendError::Conflict {
+                        stream: events[0].stream.clone(),
+                        expected,
+                        actual,
+                    });
+                }
+                OneStatement::Declined(_) => {}
+            }
+        }
+        // The general path: read the stored ids and the stream versions again (a new
+        // statement sees everything committed by now), insert what is new, and run
+        // again when a concurrent append took a version first.
+        let mut batch_ids = HashSet::new();
+        for id in &ids {
+            if !batch_ids.insert(id) {
+                return Err(AppendError::Invalid(format!("event id {id} appears twice")));
+            }
+        }
+        let first = &events[0].stream;
+        for _ in 0..UNNUMBERED_ATTEMPTS {
+            let (existing, mut versions) =
+                existing_and_versions(tx, Backend::Postgres, &ids, &streams).await?;
+            if existing.len() == events.len() {
+                return Ok(());
+            }
+            let actual = versions.get(first.as_str()).copied().unwrap_or(0);
+            if !expected_holds(expected, actual) {
+                return Err(AppendError::Conflict {
+                    stream: first.clone(),
+                    expected,
+                    actual,
+                });
+            }
+            let rows: Vec<Row8<'_>> = events
+                .iter()
+                .zip(&ids)
+                .filter(|(_, id)| !existing.contains_key(*id))
+                .map(|(e, id)| {
+                    let v = versions.entry(e.stream.as_str()).or_insert(0);
+                    *v += 1;
+                    Row8 {
+                        position: UNNUMBERED,
+                        id: id.clone(),
+                        stream: e.stream.as_str(),
+                        version: *v,
+                        event_type: e.event_type.as_str(),
+                        occurred_at: format_time(&e.occurred_at),
+                        data: e.data.json_text(),
+                        metadata: e.metadata.json_text(),
+                    }
+                })
+                .collect();
+            if insert_rows_or_none(tx, &rows).await? {
+                self.db.commits().expect_unnumbered();
+                return Ok(());
+            }
+        }
+        let actual = stream_versions(tx, Backend::Postgres, &[first.as_str()])
+            .await?
+            .get(first.as_str())
+            .copied()
+            .unwrap_or(0);
+        Err(AppendError::Conflict {
+            stream: first.clone(),
+            expected,
+            actual,
+        })
+    }
+
+    /// Numbers the events [`append_unnumbered`](Self::append_unnumbered) committed
+    /// (see there) and returns the head. Nothing to do on SQLite, or when every
+    /// committed event has its position; [`head`](Self::head) calls this when needed.
+    pub async fn number_unnumbered(&self) -> Result<Position, StoreError> {
+        match self.db.backend() {
+            Backend::Sqlite => self.head().await,
+            Backend::Postgres => self.number_on_postgres().await,
+        }
+    }
+
+    async fn number_on_postgres(&self) -> Result<Position, StoreError> {
+        let mut tx = self.begin().await?;
+        let head = lock_head_for_update(&mut tx).await?;
+        let head = number_under_lock(&mut tx, head).await?;
+        tx.commit().await?;
+        self.changes.head.send_if_modified(|h| bump(h, head));
+        Ok(head)
     }
 
     /// Copies events from another log with their positions, ids and stream versions
@@ -392,15 +536,39 @@ impl EventLog {
     /// The last committed position (0 for an empty log). Also reloads the page
     /// layout when another process changed it (see the module doc).
     pub async fn head(&self) -> Result<Position, StoreError> {
-        let (p, version): (i64, i64) =
-            sqlx::query_as("SELECT position, layout_version FROM feed_head WHERE id = 1")
+        let (p, version, unnumbered): (i64, i64, bool) = match self.db.backend() {
+            Backend::Sqlite => {
+                let (p, version): (i64, i64) =
+                    sqlx::query_as("SELECT position, layout_version FROM feed_head WHERE id = 1")
+                        .fetch_one(self.db.pool())
+                        .await?;
+                (p, version, false)
+            }
+            Backend::Postgres => {
+                sqlx::query_as(
+                    "SELECT position, layout_version, \
+                     EXISTS (SELECT 1 FROM feed_events WHERE position IS NULL) \
+                     FROM feed_head WHERE id = 1",
+                )
                 .fetch_one(self.db.pool())
-                .await?;
+                .await?
+            }
+        };
+        if unnumbered {
+            let head = self.number_on_postgres().await?;
+            self.reload_layout_if(version).await?;
+            return Ok(head);
+        }
+        self.reload_layout_if(version).await?;
+        Ok(p as Position)
+    }
+
+    async fn reload_layout_if(&self, version: i64) -> Result<(), StoreError> {
         if version != self.layout_version() {
             let layout = read_layout(self.db.pool()).await?;
             self.set_layout(version, layout.unwrap_or_else(default_layout));
         }
-        Ok(p as Position)
+        Ok(())
     }
 
     fn layout_version(&self) -> i64 {
@@ -524,7 +692,7 @@ impl EventLog {
         let rows = sqlx::query(
             "SELECT position, id, stream, stream_version, type, occurred_at, data, metadata \
              FROM feed_events WHERE stream = $1 AND stream_version >= $2 AND stream_version <= $3 \
-             ORDER BY stream_version",
+             AND position IS NOT NULL ORDER BY stream_version",
         )
         .bind(stream.as_str())
         .bind(from.min(i64::MAX as u64) as i64)
@@ -534,13 +702,17 @@ impl EventLog {
         rows.iter().map(|r| convert(stored_row(r)?)).collect()
     }
 
-    /// The stream's last version (0: no such stream).
+    /// The stream's last version among the events readers can see (0: no such stream).
+    /// An append checks its expected version against every committed event,
+    /// numbered or not.
     pub async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError> {
-        let v: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(stream_version) FROM feed_events WHERE stream = $1")
-                .bind(stream.as_str())
-                .fetch_one(self.db.pool())
-                .await?;
+        let v: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(stream_version) FROM feed_events WHERE stream = $1 \
+                 AND position IS NOT NULL",
+        )
+        .bind(stream.as_str())
+        .fetch_one(self.db.pool())
+        .await?;
         Ok(v.unwrap_or(0) as u64)
     }
 
@@ -711,7 +883,8 @@ impl EventLog {
         let url = self.db.url().to_owned();
         match self.db.backend() {
             Backend::Postgres => {
-                tokio::spawn(watch_postgres(url, changes));
+                tokio::spawn(watch_postgres(url, changes.clone()));
+                tokio::spawn(number_in_background(self.db.clone(), changes));
             }
             Backend::Sqlite if url.contains(":memory:") => {
                 tokio::spawn(watch_sqlite_memory(self.db.clone(), changes));
@@ -767,6 +940,40 @@ async fn watch_postgres(url: String, changes: std::sync::Weak<Changes>) {
                     break;
                 }
             }
+        }
+    }
+}
+
+/// Numbers what `append_unnumbered` committed on a PostgreSQL log: as soon as a
+/// connection of this process's pool comes back after an unnumbered append, and every
+/// [`UNNUMBERED_CHECK`] while a long poll of this process waits (for appends of other
+/// processes). Ends when the log is dropped.
+async fn number_in_background(db: Database, changes: std::sync::Weak<Changes>) {
+    let commits = db.commits().clone();
+    loop {
+        let Some(c) = changes.upgrade() else { return };
+        let watched = c.head.receiver_count() > 0;
+        let wait = if watched {
+            UNNUMBERED_CHECK
+        } else {
+            Duration::from_secs(1)
+        };
+        tokio::select! {
+            () = commits.returned_after_unnumbered() => {}
+            () = c.waiter_arrived.notified(), if !watched => {}
+            () = tokio::time::sleep(wait) => {
+                if !watched {
+                    continue;
+                }
+            }
+        }
+        let log = EventLog {
+            db: db.clone(),
+            changes: c,
+        };
+        if let Err(e) = log.head().await {
+            tracing::warn!(error = %e, "cannot number the appended events; trying again");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
@@ -905,6 +1112,248 @@ where
     })
 }
 
+/// The position of an event committed by [`EventLog::append_unnumbered`] and not
+/// numbered yet, as the look-ups report it (stored as NULL; positions start at 1).
+const UNNUMBERED: Position = 0;
+/// How many times an unnumbered append reads the stream versions again after a
+/// concurrent append took the version it meant to write.
+const UNNUMBERED_ATTEMPTS: usize = 8;
+/// Most events one numbering statement gives positions to.
+const NUMBERING_BATCH: i64 = 10_000;
+/// How often a PostgreSQL log looks for committed unnumbered events while a long poll
+/// of this process waits. Every process numbers its own appends as they commit, so
+/// this only catches what a process left behind (it stopped right after a commit, or
+/// kept a transaction open for longer than the wake-up window of `LocalCommits`).
+const UNNUMBERED_CHECK: Duration = Duration::from_millis(100);
+
+/// The ids of `events` as text and their distinct streams, in order, once each event
+/// is checked to have JSON objects for data and metadata.
+fn ids_and_streams(events: &[NewEvent]) -> Result<(Vec<String>, Vec<&str>), AppendError> {
+    for e in events {
+        if !e.data.is_object() {
+            return Err(AppendError::Invalid(format!(
+                "event {}: data must be a JSON object",
+                e.id
+            )));
+        }
+        if !e.metadata.is_object() {
+            return Err(AppendError::Invalid(format!(
+                "event {}: metadata must be a JSON object",
+                e.id
+            )));
+        }
+    }
+    let ids = events.iter().map(|e| e.id.to_string()).collect();
+    let mut seen = HashSet::new();
+    let streams = events
+        .iter()
+        .map(|e| e.stream.as_str())
+        .filter(|s| seen.insert(*s))
+        .collect();
+    Ok((ids, streams))
+}
+
+fn expected_holds(expected: Expected, actual: u64) -> bool {
+    match expected {
+        Expected::Any => true,
+        Expected::NoStream => actual == 0,
+        Expected::Version(v) => actual == v,
+    }
+}
+
+/// The `VALUES` rows `(k, id, type, occurred_at, data, metadata)` of `n` events, with
+/// the parameters of the five from `$first` on, and the list of their id parameters.
+fn event_values(n: usize, first: usize) -> (String, String) {
+    let values: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                "({}, {})",
+                i + 1,
+                placeholders(Backend::Postgres, first + i * 5, 5)
+            )
+        })
+        .collect();
+    let ids: Vec<String> = (0..n).map(|i| format!("${}", first + i * 5)).collect();
+    (values.join(", "), ids.join(", "))
+}
+
+/// Binds the five parameters of each event of [`event_values`].
+fn bind_events<'q, O>(
+    mut q: sqlx::query::QueryAs<'q, sqlx::Any, O, sqlx::any::AnyArguments>,
+    events: &'q [NewEvent],
+    ids: &'q [String],
+) -> sqlx::query::QueryAs<'q, sqlx::Any, O, sqlx::any::AnyArguments> {
+    for (e, id) in events.iter().zip(ids) {
+        q = q
+            .bind(id.as_str())
+            .bind(e.event_type.as_str())
+            .bind(format_time(&e.occurred_at))
+            .bind(e.data.json_text().into_owned())
+            .bind(e.metadata.json_text().into_owned());
+    }
+    q
+}
+
+/// An expectation as the one-statement appends take it: -1 for any version.
+fn expected_param(expected: Expected) -> i64 {
+    match expected {
+        Expected::Any => -1,
+        Expected::NoStream => 0,
+        Expected::Version(v) => v as i64,
+    }
+}
+
+/// On PostgreSQL, inserts a batch of new events of one stream, with distinct ids,
+/// unnumbered, in a single statement and without a lock: it reads the stream's
+/// version, checks the expected version and that no id is stored, and inserts the
+/// events at the next stream versions. The reads see what had committed when the
+/// statement started; a concurrent append of the same stream or id that commits
+/// after that meets the unique constraints, and the insert skips it (`ON CONFLICT DO
+/// NOTHING`, which first waits for that append's transaction to end). When one event
+/// was skipped, the ones inserted are deleted again (this transaction's own, seen by
+/// nobody) and the caller takes the general path.
+async fn insert_unnumbered_in_one_statement(
+    tx: &mut AnyConnection,
+    expected: Expected,
+    events: &[NewEvent],
+    ids: &[String],
+) -> Result<OneStatement, sqlx::Error> {
+    let n = events.len();
+    // $1 stream, $2 expected version (-1: any), then five per event.
+    let (values, id_params) = event_values(n, 3);
+    let sql = format!(
+        "WITH cur AS MATERIALIZED (SELECT COALESCE(MAX(stream_version), 0) AS v FROM feed_events WHERE stream = $1), \
+         dup AS MATERIALIZED (SELECT COUNT(*) AS c FROM feed_events WHERE id IN ({ids})), \
+         ok AS MATERIALIZED (SELECT cur.v FROM cur, dup \
+           WHERE dup.c = 0 AND (CAST($2 AS BIGINT) < 0 OR cur.v = $2)), \
+         ins AS (INSERT INTO feed_events (id, stream, stream_version, type, occurred_at, data, metadata) \
+           SELECT x.id, $1, ok.v + x.k, x.t, x.a, x.d, x.m \
+           FROM ok, (VALUES {values}) AS x (k, id, t, a, d, m) \
+           ON CONFLICT DO NOTHING RETURNING seq), \
+         inserted AS MATERIALIZED (SELECT COUNT(*) AS c, STRING_AGG(CAST(seq AS TEXT), ',') AS s FROM ins) \
+         SELECT cur.v, dup.c, inserted.c, inserted.s FROM cur, dup, inserted",
+        ids = id_params,
+        values = values,
+    );
+    let expected = expected_param(expected);
+    let q = sqlx::query_as::<_, (i64, i64, i64, Option<String>)>(sqlx::AssertSqlSafe(sql))
+        .bind(events[0].stream.as_str())
+        .bind(expected);
+    let q = bind_events(q, events, ids);
+    let (version, stored, inserted, seqs) = q.fetch_one(&mut *tx).await?;
+    if inserted == n as i64 {
+        return Ok(OneStatement::Appended(UNNUMBERED));
+    }
+    if let Some(seqs) = &seqs {
+        delete_own_rows(tx, seqs).await?;
+    }
+    if stored == 0 && expected >= 0 && version != expected {
+        return Ok(OneStatement::Conflict(version as u64));
+    }
+    Ok(OneStatement::Declined(UNNUMBERED))
+}
+
+/// Inserts `rows` (numbered, or unnumbered with [`UNNUMBERED`]) on PostgreSQL,
+/// skipping any whose id or stream version is taken (see
+/// [`insert_unnumbered_in_one_statement`]). Returns whether every row went in; if
+/// not, none did.
+async fn insert_rows_or_none(
+    tx: &mut AnyConnection,
+    rows: &[Row8<'_>],
+) -> Result<bool, sqlx::Error> {
+    let mut seqs = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let sql = format!(
+            "{} ON CONFLICT DO NOTHING RETURNING seq",
+            insert_sql(Backend::Postgres, chunk.len())
+        );
+        for row in bind_rows(sqlx::query(sqlx::AssertSqlSafe(sql)), chunk)
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            seqs.push(row.try_get::<i64, _>(0)?);
+        }
+    }
+    if seqs.len() == rows.len() {
+        return Ok(true);
+    }
+    if !seqs.is_empty() {
+        let list: Vec<String> = seqs.iter().map(i64::to_string).collect();
+        delete_own_rows(tx, &list.join(",")).await?;
+    }
+    Ok(false)
+}
+
+/// Moves the head to `head` and notifies listeners (at commit), after an append's
+/// inserts on PostgreSQL.
+async fn move_head_and_notify(tx: &mut AnyConnection, head: Position) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "WITH n AS (SELECT pg_notify($1, $2)) UPDATE feed_head SET position = $3 FROM n WHERE id = 1",
+    )
+    .bind(NOTIFY_CHANNEL)
+    .bind(head.to_string())
+    .bind(head as i64)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Deletes rows this transaction inserted, by their `seq`s (a comma-separated list
+/// of numbers the database returned for them): nobody else has seen them.
+async fn delete_own_rows(tx: &mut AnyConnection, seqs: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM feed_events WHERE seq IN ({seqs})"
+    )))
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Takes the append lock on PostgreSQL without writing the head row.
+async fn lock_head_for_update(tx: &mut AnyConnection) -> Result<Position, sqlx::Error> {
+    let p: i64 = sqlx::query_scalar("SELECT position FROM feed_head WHERE id = 1 FOR UPDATE")
+        .fetch_one(&mut *tx)
+        .await?;
+    Ok(p as Position)
+}
+
+/// Gives the committed unnumbered events the positions after `head`, in the order
+/// they were inserted, moves the head and notifies listeners (at commit); returns
+/// the new head. The caller holds the lock, taken in an earlier statement, so this
+/// statement's snapshot has every earlier numbering in it.
+async fn number_under_lock(
+    tx: &mut AnyConnection,
+    mut head: Position,
+) -> Result<Position, sqlx::Error> {
+    loop {
+        let (count, top): (i64, i64) = sqlx::query_as(
+            "WITH p AS MATERIALIZED (SELECT seq, row_number() OVER (ORDER BY seq) AS n \
+               FROM feed_events WHERE position IS NULL ORDER BY seq LIMIT $3), \
+             u AS (UPDATE feed_events SET position = CAST($1 AS BIGINT) + p.n FROM p \
+               WHERE feed_events.seq = p.seq AND feed_events.position IS NULL \
+               RETURNING feed_events.position), \
+             m AS MATERIALIZED (SELECT COUNT(*) AS c, COALESCE(MAX(position), CAST($1 AS BIGINT)) AS top FROM u), \
+             upd AS (UPDATE feed_head SET position = m.top FROM m WHERE feed_head.id = 1 AND m.c > 0), \
+             n AS MATERIALIZED (SELECT pg_notify($2, CAST(m.top AS TEXT)) FROM m WHERE m.c > 0) \
+             SELECT m.c, m.top + 0 * (SELECT COUNT(*) FROM n) FROM m",
+        )
+        .bind(head as i64)
+        .bind(NOTIFY_CHANNEL)
+        .bind(NUMBERING_BATCH)
+        .fetch_one(&mut *tx)
+        .await?;
+        if top as Position != head + count as Position {
+            return Err(sqlx::Error::Protocol(format!(
+                "numbering {count} events above {head} reached {top}"
+            )));
+        }
+        head = top as Position;
+        if count < NUMBERING_BATCH {
+            return Ok(head);
+        }
+    }
+}
+
 /// What [`append_in_one_statement`] did.
 enum OneStatement {
     /// The events were appended; the new head.
@@ -943,23 +1392,15 @@ async fn append_in_one_statement(
 ) -> Result<OneStatement, sqlx::Error> {
     let n = events.len();
     // $1 stream, $2 expected version (-1: any), $3 channel, then five per event.
-    let values: Vec<String> = (0..n)
-        .map(|i| {
-            format!(
-                "({}, {})",
-                i + 1,
-                placeholders(Backend::Postgres, 4 + i * 5, 5)
-            )
-        })
-        .collect();
-    let id_params: Vec<String> = (0..n).map(|i| format!("${}", 4 + i * 5)).collect();
+    let (values, id_params) = event_values(n, 4);
     let sql = format!(
         "WITH locked AS MATERIALIZED (SELECT position FROM feed_head WHERE id = 1 FOR UPDATE), \
          seen AS MATERIALIZED (SELECT position FROM feed_head WHERE id = 1), \
          cur AS MATERIALIZED (SELECT COALESCE(MAX(stream_version), 0) AS v FROM feed_events WHERE stream = $1), \
          dup AS MATERIALIZED (SELECT COUNT(*) AS c FROM feed_events WHERE id IN ({ids})), \
          ok AS MATERIALIZED (SELECT locked.position AS head, cur.v FROM locked, cur, dup \
-           WHERE dup.c = 0 AND (CAST($2 AS BIGINT) < 0 OR cur.v = $2)), \
+           WHERE dup.c = 0 AND (CAST($2 AS BIGINT) < 0 OR cur.v = $2) \
+           AND NOT EXISTS (SELECT 1 FROM feed_events WHERE position IS NULL)), \
          ins AS ({INSERT_EVENTS} \
            SELECT ok.head + x.k, x.id, $1, ok.v + x.k, x.t, x.a, x.d, x.m \
            FROM ok, (VALUES {values}) AS x (k, id, t, a, d, m) \
@@ -971,27 +1412,16 @@ async fn append_in_one_statement(
            WHERE inserted.c = {n}) \
          SELECT locked.position, seen.position, cur.v, dup.c, inserted.p, (SELECT COUNT(*) FROM notified) \
          FROM locked, seen, cur, dup, inserted",
-        ids = id_params.join(", "),
-        values = values.join(", "),
+        ids = id_params,
+        values = values,
     );
-    let expected = match expected {
-        Expected::Any => -1,
-        Expected::NoStream => 0,
-        Expected::Version(v) => v as i64,
-    };
-    let mut q =
+    let expected = expected_param(expected);
+    let q =
         sqlx::query_as::<_, (i64, i64, i64, i64, Option<String>, i64)>(sqlx::AssertSqlSafe(sql))
             .bind(events[0].stream.as_str())
             .bind(expected)
             .bind(NOTIFY_CHANNEL);
-    for (e, id) in events.iter().zip(ids) {
-        q = q
-            .bind(id.as_str())
-            .bind(e.event_type.as_str())
-            .bind(format_time(&e.occurred_at))
-            .bind(e.data.json_text().into_owned())
-            .bind(e.metadata.json_text().into_owned());
-    }
+    let q = bind_events(q, events, ids);
     let (locked, seen, version, stored, inserted, notified) = q.fetch_one(&mut *tx).await?;
     let head = locked as Position;
     if notified == 1 {
@@ -1154,7 +1584,7 @@ type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
 /// for the streams; the ids bind to `$1..`, the streams after them.
 fn look_up_sql(backend: Backend, ids: usize, streams: usize) -> String {
     format!(
-        "SELECT CAST(0 AS BIGINT), id, position FROM feed_events WHERE id IN ({}) \
+        "SELECT CAST(0 AS BIGINT), id, COALESCE(position, 0) FROM feed_events WHERE id IN ({}) \
          UNION ALL \
          SELECT CAST(1 AS BIGINT), stream, MAX(stream_version) FROM feed_events \
          WHERE stream IN ({}) GROUP BY stream",
@@ -1210,7 +1640,7 @@ async fn existing_ids(
     let mut found = HashMap::new();
     for chunk in ids.chunks(500) {
         let sql = format!(
-            "SELECT id, position FROM feed_events WHERE id IN ({})",
+            "SELECT id, COALESCE(position, 0) FROM feed_events WHERE id IN ({})",
             placeholders(backend, 1, chunk.len())
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -1293,7 +1723,7 @@ fn insert_sql(backend: Backend, n: usize) -> String {
 fn bind_rows<'q>(mut q: Query<'q>, rows: &'q [Row8<'_>]) -> Query<'q> {
     for r in rows {
         q = q
-            .bind(r.position as i64)
+            .bind((r.position != UNNUMBERED).then_some(r.position as i64))
             .bind(r.id.as_str())
             .bind(r.stream)
             .bind(r.version as i64)

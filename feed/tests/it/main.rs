@@ -9,3 +9,4 @@ mod limits;
 mod server;
 mod store;
 mod subscriber;
+mod unnumbered;

@@ -10,7 +10,11 @@ use crate::helpers::{event, sqlite_url};
 /// 16 writers append concurrently while a reader polls the log and records every
 /// (position, id) it sees. Positions must never appear out of order (a reader that
 /// saw p must never later discover a new event below p), and none may be missing.
-async fn concurrent_appends_are_gapless_and_commit_ordered(log: EventLog) {
+/// Writers for which `unnumbered(w)` holds append with `append_unnumbered`.
+pub(crate) async fn concurrent_appends_are_gapless_and_commit_ordered(
+    log: EventLog,
+    unnumbered: fn(u64) -> bool,
+) {
     let writers = 16;
     let per_writer = 60;
     let done = Arc::new(AtomicBool::new(false));
@@ -59,9 +63,15 @@ async fn concurrent_appends_are_gapless_and_commit_ordered(log: EventLog) {
                 let batch: Vec<_> = (0..(i % 3 + 1))
                     .map(|k| event(&format!("w{w}"), i * 10 + k))
                     .collect();
-                log.append(&mut tx, Expected::Any, &batch)
-                    .await
-                    .expect("append");
+                if unnumbered(w) {
+                    log.append_unnumbered(&mut tx, Expected::Any, &batch)
+                        .await
+                        .expect("append");
+                } else {
+                    log.append(&mut tx, Expected::Any, &batch)
+                        .await
+                        .expect("append");
+                }
                 tx.commit().await.expect("commit");
             }
         }));
@@ -94,7 +104,7 @@ async fn postgres_positions_are_gapless_and_commit_ordered_under_16_writers() {
     let log = EventLog::connect(&pg.database("gapless"))
         .await
         .expect("connect");
-    concurrent_appends_are_gapless_and_commit_ordered(log).await;
+    concurrent_appends_are_gapless_and_commit_ordered(log, |_| false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -103,7 +113,7 @@ async fn sqlite_positions_are_gapless_and_commit_ordered_under_16_writers() {
     let log = EventLog::connect(&sqlite_url(&dir, "log.db"))
         .await
         .expect("connect");
-    concurrent_appends_are_gapless_and_commit_ordered(log).await;
+    concurrent_appends_are_gapless_and_commit_ordered(log, |_| false).await;
 }
 
 async fn appending_the_same_id_again_returns_the_original_position(log: EventLog) {
@@ -328,7 +338,12 @@ async fn postgres_mixed_batches_of_stored_and_new_events_check_the_expected_vers
 /// 8 writers race on 4 shared streams; half of them append with the version they
 /// read, the others without a check. Conflicts must happen, and still every stored
 /// position and stream version is gapless and no conflicting batch wrote anything.
-async fn racing_appenders_with_expected_versions(log: EventLog) {
+///
+/// Writers for which `unnumbered(w)` holds append with `append_unnumbered`.
+pub(crate) async fn racing_appenders_with_expected_versions(
+    log: EventLog,
+    unnumbered: fn(u64) -> bool,
+) {
     let conflicts = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let appended = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -358,8 +373,13 @@ async fn racing_appenders_with_expected_versions(log: EventLog) {
                     event(stream.as_str(), i),
                 ];
                 let mut tx = log.begin().await.expect("begin");
-                match log.append(&mut tx, expected, &batch).await {
-                    Ok(_) => {
+                let result = if unnumbered(w) {
+                    log.append_unnumbered(&mut tx, expected, &batch).await
+                } else {
+                    log.append(&mut tx, expected, &batch).await.map(|_| ())
+                };
+                match result {
+                    Ok(()) => {
                         tx.commit().await.expect("commit");
                         appended.fetch_add(2, Ordering::SeqCst);
                     }
@@ -390,6 +410,10 @@ async fn racing_appenders_with_expected_versions(log: EventLog) {
         let events = log.read_stream(&stream, 1, u64::MAX).await.expect("stream");
         let versions: Vec<u64> = events.iter().map(|e| e.stream_version).collect();
         assert_eq!(versions, (1..=versions.len() as u64).collect::<Vec<_>>());
+        assert!(
+            events.windows(2).all(|w| w[0].position < w[1].position),
+            "the versions of {stream} are not in position order"
+        );
     }
 }
 
@@ -400,6 +424,7 @@ async fn sqlite_concurrent_appenders_with_version_checks_conflict_and_stay_gaple
         EventLog::connect(&sqlite_url(&dir, "log.db"))
             .await
             .expect("log"),
+        |_| false,
     )
     .await;
 }
@@ -411,6 +436,7 @@ async fn postgres_concurrent_appenders_with_version_checks_conflict_and_stay_gap
         EventLog::connect(&pg.database("racing"))
             .await
             .expect("log"),
+        |_| false,
     )
     .await;
 }

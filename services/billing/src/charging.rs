@@ -131,7 +131,9 @@ impl Charging {
         let published = NewEvent::new(stream, EventType::parse(event_type)?, data)
             .with_id(Uuid::new_v5(&event.id, b"billing-decision"))
             .with_metadata(serde_json::json!({ "causation_id": event.id }));
-        self.log.append(tx, Expected::Any, &[published]).await?;
+        self.log
+            .append_unnumbered(tx, Expected::Any, &[published])
+            .await?;
         tracing::info!(order_id = %order.order_id, customer_id = %order.customer_id, outcome, "order billed");
         Ok(())
     }

@@ -153,7 +153,7 @@ async fn set_credit_limit(
         let event_type = EventType::parse("CreditLimitSet").expect("a valid event type");
         let data = serde_json::json!({ "customer_id": customer_id, "credit_limit_cents": limit });
         s.log
-            .append(
+            .append_unnumbered(
                 &mut tx,
                 Expected::Any,
                 &[NewEvent::new(stream, event_type, data)],

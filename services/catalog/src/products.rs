@@ -314,7 +314,9 @@ async fn add(s: &Service, product: Product) -> Result<ProductView, ApiError> {
     .execute(&mut *tx)
     .await?;
     let added = event("ProductAdded", product.product_id, to_json(&product)?);
-    s.log.append(&mut tx, Expected::NoStream, &[added]).await?;
+    s.log
+        .append_unnumbered(&mut tx, Expected::NoStream, &[added])
+        .await?;
     tx.commit().await?;
     Ok(ProductView {
         product,
@@ -371,7 +373,7 @@ async fn update(
     .await?;
     let updated = event("ProductUpdated", id, to_json(&product)?);
     s.log
-        .append(&mut tx, Expected::Version(version), &[updated])
+        .append_unnumbered(&mut tx, Expected::Version(version), &[updated])
         .await?;
     tx.commit().await?;
     Ok(ProductView {
@@ -392,7 +394,7 @@ async fn delete(s: &Service, id: Uuid, precondition: &Precondition) -> Result<()
         .await?;
     let deleted = event("ProductDeleted", id, to_json(&view.product)?);
     s.log
-        .append(&mut tx, Expected::Version(view.version), &[deleted])
+        .append_unnumbered(&mut tx, Expected::Version(view.version), &[deleted])
         .await?;
     tx.commit().await?;
     Ok(())

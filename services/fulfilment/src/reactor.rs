@@ -108,7 +108,9 @@ impl Reactor {
             "correlation_id": process.order_id.to_string(),
             "causation_id": cause.to_string(),
         }));
-        self.log.append(tx, Expected::Any, &[event]).await?;
+        self.log
+            .append_unnumbered(tx, Expected::Any, &[event])
+            .await?;
         tracing::info!(order_id = %process.order_id, event = kind, "published");
         Ok(())
     }

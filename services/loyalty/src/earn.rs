@@ -109,7 +109,9 @@ impl Earner {
             "correlation_id": customer_id,
             "causation_id": order_id.to_string(),
         }));
-        self.log.append(tx, Expected::Any, &[event]).await?;
+        self.log
+            .append_unnumbered(tx, Expected::Any, &[event])
+            .await?;
         tracing::info!(%customer_id, tier = record.tier.as_str(), previous = previous.as_str(), "tier changed");
         Ok(())
     }

@@ -366,7 +366,8 @@ async fn confirm(db: &Database, log: &EventLog, email: &Pending) -> anyhow::Resu
     .with_id(Uuid::new_v5(&cause, b"OrderConfirmationSent"))
     .with_metadata(serde_json::json!({ "causation_id": cause }));
     let mut tx = db.begin().await?;
-    log.append(&mut tx, Expected::Any, &[sent]).await?;
+    log.append_unnumbered(&mut tx, Expected::Any, &[sent])
+        .await?;
     sqlx::query(
         "UPDATE sales_orders SET confirmation_sent_at = $2 \
          WHERE order_id = $1 AND confirmation_sent_at IS NULL",

@@ -227,7 +227,9 @@ async fn accept_order(s: &Service, request: OrderRequest) -> Result<OrderAccepte
         data,
     );
     event.occurred_at = accepted_at;
-    s.log.append(&mut tx, Expected::NoStream, &[event]).await?;
+    s.log
+        .append_unnumbered(&mut tx, Expected::NoStream, &[event])
+        .await?;
     tx.commit().await?;
     Ok(order)
 }

@@ -127,7 +127,7 @@ async fn set_price(s: &Service, price: Price) -> Result<Price, ApiError> {
     let event_type = EventType::parse("PriceChanged").expect("a valid event type");
     let data = serde_json::to_value(&price).map_err(|e| ApiError::Internal(e.into()))?;
     s.log
-        .append(
+        .append_unnumbered(
             &mut tx,
             Expected::Version(version),
             &[NewEvent::new(stream, event_type, data)],

@@ -137,7 +137,9 @@ impl Shipper {
             "correlation_id": order_id.to_string(),
             "causation_id": cause.to_string(),
         }));
-        self.log.append(tx, Expected::Any, &[event]).await?;
+        self.log
+            .append_unnumbered(tx, Expected::Any, &[event])
+            .await?;
         tracing::info!(%order_id, total_weight_grams = slip.total_weight_grams, "shipped");
         Ok(())
     }
