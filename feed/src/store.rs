@@ -56,6 +56,7 @@ use uuid::Uuid;
 
 use crate::atom::format_time;
 use crate::db::{Backend, Database, DbError, FEED_MIGRATIONS, LocalCommits};
+use crate::direct::DirectReader;
 use crate::event::{Event, EventType, Json, NewEvent, Position, RawEvent, StreamId};
 use crate::page::{PageLayout, Segment};
 
@@ -142,6 +143,8 @@ struct Changes {
     waiter_arrived: Notify,
     /// The page layout and the `layout_version` it was read at.
     layout: std::sync::RwLock<(i64, Arc<PageLayout>)>,
+    /// Page reads of a SQLite file (see [`crate::direct::DirectReader`]).
+    reader: Option<Arc<DirectReader>>,
 }
 
 impl EventLog {
@@ -149,12 +152,17 @@ impl EventLog {
     pub async fn open(db: Database) -> Result<Self, DbError> {
         db.migrate(&FEED_MIGRATIONS).await?;
         let (head, _) = watch::channel(0);
+        let reader = match db.backend() {
+            Backend::Sqlite => DirectReader::for_url(db.url()).map(Arc::new),
+            Backend::Postgres => None,
+        };
         let log = Self {
             db,
             changes: Arc::new(Changes {
                 head,
                 waiter_arrived: Notify::new(),
                 layout: std::sync::RwLock::new((-1, Arc::new(default_layout()))),
+                reader,
             }),
         };
         log.head().await.map_err(|e| match e {
@@ -613,6 +621,25 @@ impl EventLog {
         convert: fn(Stored) -> Result<T, StoreError>,
     ) -> Result<Vec<T>, StoreError> {
         if self.db.backend() == Backend::Sqlite && to.saturating_sub(from) < ONE_ROW_READ {
+            if let Some(reader) = &self.changes.reader {
+                let reader = reader.clone();
+                let (from, to) = (
+                    from.min(i64::MAX as u64) as i64,
+                    to.min(i64::MAX as u64) as i64,
+                );
+                let rows = tokio::task::spawn_blocking(move || reader.read_range(from, to))
+                    .await
+                    .map_err(|e| StoreError::Db(sqlx::Error::Protocol(format!("page read: {e}"))))?
+                    .map_err(|e| {
+                        StoreError::Db(sqlx::Error::Protocol(format!("page read: {e}")))
+                    })?;
+                return rows
+                    .into_iter()
+                    .map(|(p, id, stream, v, t, at, data, metadata)| {
+                        convert(Stored(p, id, stream, v, t, at, data, metadata))
+                    })
+                    .collect();
+            }
             return self.read_range_as_one_row(from, to, convert).await;
         }
         let rows = sqlx::query(
