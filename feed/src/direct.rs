@@ -20,7 +20,7 @@ use rusqlite::{Connection, ToSql, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use crate::event::{Position, RawEvent};
-use crate::store::{IMPORT_NEXT_HEAD_SQL, INSERT_CHUNK, Row8, import_next_insert_sql};
+use crate::store::{IMPORT_NEXT_HEAD_SQL, INSERT_CHUNK, Row8, Stored, import_next_insert_sql};
 
 /// The checkpoint's compare-and-set, as the subscriber runs it (`$1` the
 /// subscription, `$2` the new position, `$3` and `$4` the page's URL and digest, `$5`
@@ -209,9 +209,6 @@ fn write_page(conn: &mut Connection, page: &PageWrite) -> rusqlite::Result<Optio
     Ok(None)
 }
 
-/// The columns of one `feed_events` row, in table order, as read for a page.
-pub(crate) type PageRow = (i64, String, String, i64, String, String, String, String);
-
 /// Reads of a SQLite log's rows on `rusqlite` connections, on a blocking thread,
 /// instead of through sqlx: a page's 200 rows come back without passing one by one
 /// between sqlx's worker thread and the task, and without the detour through one JSON
@@ -239,7 +236,7 @@ impl DirectReader {
 
     /// The rows with `from <= position <= to`, oldest first, read in one
     /// transaction (so from one snapshot). Blocks: call it on a blocking thread.
-    pub(crate) fn read_range(&self, from: i64, to: i64) -> rusqlite::Result<Vec<PageRow>> {
+    pub(crate) fn read_range(&self, from: i64, to: i64) -> rusqlite::Result<Vec<Stored>> {
         let taken = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         let mut conn = match taken {
             Some(conn) => conn,
@@ -255,13 +252,13 @@ impl DirectReader {
     }
 }
 
-fn read_rows(conn: &mut Connection, from: i64, to: i64) -> rusqlite::Result<Vec<PageRow>> {
+fn read_rows(conn: &mut Connection, from: i64, to: i64) -> rusqlite::Result<Vec<Stored>> {
     let mut statement = conn.prepare_cached(
         "SELECT position, id, stream, stream_version, type, occurred_at, data, metadata \
          FROM feed_events WHERE position >= ?1 AND position <= ?2 ORDER BY position",
     )?;
     let rows = statement.query_map([from, to], |r| {
-        Ok((
+        Ok(Stored(
             r.get(0)?,
             r.get(1)?,
             r.get(2)?,

@@ -207,7 +207,7 @@ impl EventLog {
         let looked_up = if self.db.backend() == Backend::Postgres
             && streams.len() == 1
             && events.len() <= INSERT_CHUNK
-            && ids.iter().collect::<HashSet<_>>().len() == ids.len()
+            && repeated_id(&ids).is_none()
         {
             match append_in_one_statement(tx, expected, events, &ids).await? {
                 OneStatement::Appended(head) => {
@@ -255,13 +255,8 @@ impl EventLog {
             if existing.len() == events.len() {
                 return Ok(ids.iter().map(|id| existing[id]).collect());
             }
-            if ids.iter().collect::<HashSet<_>>().len() != ids.len() {
-                let mut seen = HashSet::new();
-                let twice = ids.iter().find(|id| !seen.insert(*id));
-                return Err(AppendError::Invalid(format!(
-                    "event id {} appears twice",
-                    twice.map_or("", |id| id.as_str())
-                )));
+            if let Some(id) = repeated_id(&ids) {
+                return Err(AppendError::Invalid(format!("event id {id} appears twice")));
             }
             let actual = versions.get(stream.as_str()).copied().unwrap_or(0);
             if !expected_holds(expected, actual) {
@@ -345,10 +340,7 @@ impl EventLog {
             return self.append(tx, expected, events).await.map(|_| ());
         }
         let (ids, streams) = ids_and_streams(events)?;
-        if streams.len() == 1
-            && events.len() <= INSERT_CHUNK
-            && ids.iter().collect::<HashSet<_>>().len() == ids.len()
-        {
+        if streams.len() == 1 && events.len() <= INSERT_CHUNK && repeated_id(&ids).is_none() {
             match insert_unnumbered_in_one_statement(tx, expected, events, &ids).await? {
                 OneStatement::Appended(_) => {
                     self.db.commits().expect_unnumbered();
@@ -367,11 +359,8 @@ impl EventLog {
         // The general path: read the stored ids and the stream versions again (a new
         // statement sees everything committed by now), insert what is new, and run
         // again when a concurrent append took a version first.
-        let mut batch_ids = HashSet::new();
-        for id in &ids {
-            if !batch_ids.insert(id) {
-                return Err(AppendError::Invalid(format!("event id {id} appears twice")));
-            }
+        if let Some(id) = repeated_id(&ids) {
+            return Err(AppendError::Invalid(format!("event id {id} appears twice")));
         }
         let first = &events[0].stream;
         for _ in 0..UNNUMBERED_ATTEMPTS {
@@ -425,15 +414,8 @@ impl EventLog {
     }
 
     /// Numbers the events [`append_unnumbered`](Self::append_unnumbered) committed
-    /// (see there) and returns the head. Nothing to do on SQLite, or when every
-    /// committed event has its position; [`head`](Self::head) calls this when needed.
-    pub async fn number_unnumbered(&self) -> Result<Position, StoreError> {
-        match self.db.backend() {
-            Backend::Sqlite => self.head().await,
-            Backend::Postgres => self.number_on_postgres().await,
-        }
-    }
-
+    /// on PostgreSQL (see there) and returns the head; [`head`](Self::head) calls this
+    /// when it finds any.
     async fn number_on_postgres(&self) -> Result<Position, StoreError> {
         let mut tx = self.begin().await?;
         let head = lock_head_for_update(&mut tx).await?;
@@ -627,18 +609,14 @@ impl EventLog {
                     from.min(i64::MAX as u64) as i64,
                     to.min(i64::MAX as u64) as i64,
                 );
+                let failed = |e: &dyn std::fmt::Display| {
+                    StoreError::Db(sqlx::Error::Protocol(format!("page read: {e}")))
+                };
                 let rows = tokio::task::spawn_blocking(move || reader.read_range(from, to))
                     .await
-                    .map_err(|e| StoreError::Db(sqlx::Error::Protocol(format!("page read: {e}"))))?
-                    .map_err(|e| {
-                        StoreError::Db(sqlx::Error::Protocol(format!("page read: {e}")))
-                    })?;
-                return rows
-                    .into_iter()
-                    .map(|(p, id, stream, v, t, at, data, metadata)| {
-                        convert(Stored(p, id, stream, v, t, at, data, metadata))
-                    })
-                    .collect();
+                    .map_err(|e| failed(&e))?
+                    .map_err(|e| failed(&e))?;
+                return rows.into_iter().map(convert).collect();
             }
             return self.read_range_as_one_row(from, to, convert).await;
         }
@@ -1178,6 +1156,12 @@ fn ids_and_streams(events: &[NewEvent]) -> Result<(Vec<String>, Vec<&str>), Appe
         .filter(|s| seen.insert(*s))
         .collect();
     Ok((ids, streams))
+}
+
+/// The first id that appears a second time in `ids`.
+fn repeated_id(ids: &[String]) -> Option<&String> {
+    let mut seen = HashSet::new();
+    ids.iter().find(|id| !seen.insert(*id))
 }
 
 fn expected_holds(expected: Expected, actual: u64) -> bool {
@@ -1778,7 +1762,16 @@ fn placeholders(backend: Backend, first: usize, n: usize) -> String {
 
 /// The columns of one `feed_events` row, in table order.
 #[derive(serde::Deserialize)]
-struct Stored(i64, String, String, i64, String, String, String, String);
+pub(crate) struct Stored(
+    pub(crate) i64,
+    pub(crate) String,
+    pub(crate) String,
+    pub(crate) i64,
+    pub(crate) String,
+    pub(crate) String,
+    pub(crate) String,
+    pub(crate) String,
+);
 
 impl Stored {
     /// The event with its `data` and `metadata` as the stored texts.
