@@ -341,6 +341,11 @@ pub const FEED_MIGRATIONS: MigrationSet = MigrationSet {
             "layout version and page digests",
             include_str!("../../migrations/feed/sqlite/0002_layout_version_and_page_digests.sql"),
         ),
+        (
+            3,
+            "sealed page bytes",
+            include_str!("../../migrations/feed/sqlite/0003_sealed_page_bytes.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -357,6 +362,11 @@ pub const FEED_MIGRATIONS: MigrationSet = MigrationSet {
             3,
             "events numbered after commit",
             include_str!("../../migrations/feed/postgres/0003_events_numbered_after_commit.sql"),
+        ),
+        (
+            4,
+            "sealed page bytes",
+            include_str!("../../migrations/feed/postgres/0004_sealed_page_bytes.sql"),
         ),
     ],
 };

@@ -41,11 +41,20 @@
 //! `feed_page_digests`, in position order, the first time a page is rendered after
 //! it is sealed, so serving page N reads one stored digest instead of re-rendering
 //! the pages before it. That first rendering usually happens for the head, which
-//! names the newest sealed page with its digest; the page is then kept in the memory
-//! cache in zstd, the coding subscribers ask for, rather than rendered again for the
-//! first reader. A page that no longer renders to its recorded digest (the
-//! log was edited under the feed) is logged as an error, and subscribers and
-//! `feedctl verify` see the broken link.
+//! names the newest sealed page with its digest.
+//!
+//! The chain also keeps each page's bytes, as the zstd body served to zstd clients
+//! (the coding subscribers ask for), and the page is kept in the memory cache too. A
+//! sealed page is rendered from its events once: every later request, after a
+//! restart and after an upgrade that writes Atom differently, is served from those
+//! bytes (recoded for clients that do not take zstd), so a page never changes and
+//! its digest always holds. A page recorded before its bytes were kept (a log from
+//! an older version) is rendered from its events again, and kept if it still matches
+//! its digest; if it does not (the log was edited under the feed) that is logged as
+//! an error, and subscribers and `feedctl verify` see the broken link. An event
+//! rewritten in the database under a page that is kept does not change the page;
+//! `feedctl verify FEED --against DATABASE` shows where the database departs from
+//! the history it published.
 //!
 //! # Hostile clients
 //!
@@ -87,7 +96,7 @@ use crate::event::{Event, Json, Position, RawEvent, StreamId};
 use crate::html;
 use crate::negotiate::{self, Coding, Format};
 use crate::page::{Doc, PageLayout, PageRange, parse_position};
-use crate::store::{EventLog, StoreError};
+use crate::store::{EventLog, RecordedPage, StoreError};
 
 mod threads;
 
@@ -365,37 +374,45 @@ impl FeedServer {
         }
     }
 
-    /// Sealed page `range` in the representation `w`, from the memory cache or
-    /// rendered into it (one render for concurrent requests of the same variant).
+    /// Sealed page `range` in the representation `w`, from the memory cache or put
+    /// into it (one load for concurrent requests of the same variant): the Atom from
+    /// the bytes the hash chain keeps, recoded if the client does not take zstd, or
+    /// rendered from the events where none are kept yet; the HTML rendered.
     async fn sealed_page(&self, range: PageRange, w: Want) -> Result<Rendered, Arc<StoreError>> {
         let s = self.clone();
         let render = async move {
             let nav = s.layout().page_navigation(range);
-            let doc = match w.format {
+            let rendered = match w.format {
                 Format::Atom => {
-                    // The page's events and the digests of it and of the page before
-                    // it, read at the same time.
-                    let digests = s.inner.log.page_digest_pair(
-                        &s.inner.base,
-                        nav.prev.map(|p| p.from),
-                        range.from,
-                    );
-                    let (entries, digests) = tokio::join!(s.read_sealed(range), digests);
-                    let (entries, (prev, recorded)) = (entries?, digests?);
-                    let prev = match (nav.prev, prev) {
-                        (Some(_), Some(d)) => Some(d),
-                        (p, _) => s.prev_digest(p).await?,
-                    };
-                    let doc = s.render_sealed_page(&nav, &entries, prev.as_deref());
-                    s.check_chain(range, &doc, recorded).await?;
-                    doc
+                    let (prev, recorded) = s
+                        .inner
+                        .log
+                        .page_digest_pair(&s.inner.base, nav.prev.map(|p| p.from), range.from)
+                        .await?;
+                    match recorded {
+                        Some(RecordedPage {
+                            atom_zstd: Some(stored),
+                            ..
+                        }) => recode_stored(range, stored, w.coding).await?,
+                        recorded => {
+                            let entries = s.read_sealed(range).await?;
+                            let prev = match (nav.prev, prev) {
+                                (Some(_), Some(d)) => Some(d),
+                                (p, _) => s.prev_digest(p).await?,
+                            };
+                            let doc = s.render_sealed_page(&nav, &entries, prev.as_deref());
+                            let doc = s.check_chain(range, doc, recorded).await?;
+                            finish(doc, w).await
+                        }
+                    }
                 }
                 Format::Html => {
                     let entries = decoded(&s.read_sealed(range).await?)?;
-                    s.render_html_page(Which::Log, &nav, &entries, range.from, range.to, None)
+                    let doc =
+                        s.render_html_page(Which::Log, &nav, &entries, range.from, range.to, None);
+                    finish(doc, w).await
                 }
             };
-            let rendered = finish(doc, w).await;
             s.inner.pages_rendered.fetch_add(1, Ordering::Relaxed);
             Ok::<_, StoreError>(rendered)
         };
@@ -459,15 +476,16 @@ impl FeedServer {
             let nav = layout.page_navigation(next);
             let doc = self.render_sealed_page(&nav, &entries, prev.as_deref());
             let rendered = hex(&Sha256::digest(doc.as_bytes()));
+            let kept = finish(doc, KEPT).await;
             let digest = match log
-                .record_page_digest(base, next.from, next.to, &rendered)
+                .record_page_digest(base, (next.from, next.to), &rendered, &kept.body)
                 .await?
             {
-                // Another process recorded a different rendering: `doc` is not the
+                // Another process recorded a different rendering: `kept` is not the
                 // page the chain holds, so it is not kept.
                 Some(recorded) if recorded != rendered => recorded,
                 _ => {
-                    self.keep_sealed_page(next, doc).await;
+                    self.keep_sealed_page(next, kept).await;
                     rendered
                 }
             };
@@ -479,54 +497,55 @@ impl FeedServer {
         }
     }
 
-    /// Keeps sealed page `range`, just rendered as `doc` for its digest, in the memory
-    /// cache as the feed's subscribers ask for it (zstd), so the rendering is not
-    /// thrown away: a live origin records a page's digest when the head first names
-    /// it, right after the page seals, and a replay that follows reads it from memory.
-    /// Other codings and formats are rendered when asked, as before.
-    async fn keep_sealed_page(&self, range: PageRange, doc: String) {
-        let w = Want {
-            format: Format::Atom,
-            coding: Coding::Zstd,
-        };
-        // Compressed only if no request has rendered it (or is rendering it) already.
+    /// Keeps sealed page `range`, just rendered and recorded in the hash chain with
+    /// its bytes, in the memory cache as the feed's subscribers ask for it (zstd), so a
+    /// replay that follows (a live origin records a page's digest when the head first
+    /// names it, right after the page seals) reads it from memory. Other codings and
+    /// formats are made when asked.
+    async fn keep_sealed_page(&self, range: PageRange, kept: Rendered) {
+        // Unless a request has loaded it (or is loading it) already.
         self.inner
             .docs
-            .entry(DocKey::Page(range, w.format, w.coding))
-            .or_insert_with(finish(doc, w))
+            .entry(DocKey::Page(range, KEPT.format, KEPT.coding))
+            .or_insert(kept)
             .await;
     }
 
-    /// Records the digest of sealed page `range` rendered as `doc` unless one was
-    /// `recorded` already, and logs that the log was changed under the feed when the
-    /// recorded one differs.
+    /// Sealed page `range`, rendered from its events as `doc` because the hash chain
+    /// holds no bytes of it: records its digest and bytes unless a digest was
+    /// `recorded` already, stores the bytes if it was and `doc` still matches it (a
+    /// page recorded before its bytes were kept), and logs that the log was changed
+    /// under the feed if it does not.
     async fn check_chain(
         &self,
         range: PageRange,
-        doc: &str,
-        recorded: Option<String>,
-    ) -> Result<(), StoreError> {
+        doc: String,
+        recorded: Option<RecordedPage>,
+    ) -> Result<String, StoreError> {
+        let (log, base) = (&self.inner.log, &self.inner.base);
         let digest = hex(&Sha256::digest(doc.as_bytes()));
         let before = match recorded {
-            Some(r) => Some(r),
+            Some(r) => Some(r.digest),
             None => {
-                self.inner
-                    .log
-                    .record_page_digest(&self.inner.base, range.from, range.to, &digest)
+                let z = encode(doc.clone().into_bytes(), KEPT.coding, Effort::Kept).await;
+                log.record_page_digest(base, (range.from, range.to), &digest, &z)
                     .await?
             }
         };
-        if let Some(recorded) = before
-            && recorded != digest
-        {
-            tracing::error!(
+        match before {
+            Some(recorded) if recorded != digest => tracing::error!(
                 page = %range,
                 recorded = %recorded,
                 now = %digest,
-                "a sealed page no longer renders to its recorded digest: its events were changed in the database"
-            );
+                "a sealed page no longer renders to its recorded digest, and its bytes were not kept: its events were changed in the database"
+            ),
+            Some(_) => {
+                let z = encode(doc.clone().into_bytes(), KEPT.coding, Effort::Kept).await;
+                log.store_page_bytes(base, range.from, &digest, &z).await?;
+            }
+            None => {}
         }
-        Ok(())
+        Ok(doc)
     }
 
     /// The digest of the sealed page before `range` (None for the first page).
@@ -1415,25 +1434,65 @@ fn immutable_cache(w: Want) -> &'static str {
 async fn finish(doc: String, w: Want) -> Rendered {
     let html_digest = (w.format == Format::Html).then(|| Sha256::digest(doc.as_bytes()));
     let body = encode(doc.into_bytes(), w.coding, Effort::Kept).await;
-    let etag: Arc<str> = match html_digest {
-        None => format!(
+    match html_digest {
+        None => strong(body, w.coding),
+        Some(digest) => Rendered {
+            body,
+            etag: format!(
+                "W/\"{}.{}.{}\"",
+                hex(&digest[..12]),
+                html::version_tag(),
+                w.coding.etag_tag()
+            )
+            .into(),
+            link: None,
+        },
+    }
+}
+
+/// An immutable Atom document's body in `coding`, with the strong ETag of those bytes.
+fn strong(body: Bytes, coding: Coding) -> Rendered {
+    Rendered {
+        etag: format!(
             "\"{}.{}\"",
             hex(&Sha256::digest(&body)[..12]),
-            w.coding.etag_tag()
-        ),
-        Some(digest) => format!(
-            "W/\"{}.{}.{}\"",
-            hex(&digest[..12]),
-            html::version_tag(),
-            w.coding.etag_tag()
-        ),
-    }
-    .into();
-    Rendered {
+            coding.etag_tag()
+        )
+        .into(),
         body,
-        etag,
         link: None,
     }
+}
+
+/// The representation of a sealed page the hash chain keeps, with its bytes.
+const KEPT: Want = Want {
+    format: Format::Atom,
+    coding: Coding::Zstd,
+};
+
+/// Sealed page `range` in `coding`, from the bytes the hash chain keeps of it (zstd):
+/// served as they are to zstd clients, decompressed (and compressed again) for others.
+async fn recode_stored(
+    range: PageRange,
+    stored: Vec<u8>,
+    coding: Coding,
+) -> Result<Rendered, StoreError> {
+    if coding == KEPT.coding {
+        return Ok(strong(Bytes::from(stored), coding));
+    }
+    let body = tokio::task::spawn_blocking(move || {
+        let raw = zstd::stream::decode_all(&stored[..]).map_err(|e| StoreError::Corrupt {
+            position: range.from as i64,
+            reason: format!("the stored bytes of sealed page {range} are not zstd: {e}"),
+        })?;
+        Ok::<_, StoreError>(match coding {
+            Coding::Identity => raw,
+            _ => compress(&raw, coding, Effort::Kept),
+        })
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+    Ok(strong(Bytes::from(body), coding))
 }
 
 fn immutable(

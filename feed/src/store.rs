@@ -130,6 +130,15 @@ pub enum StoreError {
     Diverged(Position),
 }
 
+/// What the hash chain records of a sealed page.
+#[derive(Debug)]
+pub(crate) struct RecordedPage {
+    /// The SHA-256 (hex) of its identity-coded Atom bytes.
+    pub(crate) digest: String,
+    /// Its Atom bytes as zstd, as served; None if recorded before they were kept.
+    pub(crate) atom_zstd: Option<Vec<u8>>,
+}
+
 /// The event log of one database. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct EventLog {
@@ -783,17 +792,19 @@ impl EventLog {
         Ok(row.map(|(to, d)| (to as Position, d)))
     }
 
-    /// The stored digests of the sealed pages starting at `prev` and at `this` in the
-    /// chain of `base_url`, in one query: what rendering page `this` needs.
+    /// What rendering or serving page `this` of the chain of `base_url` needs, in one
+    /// query: the digest of the sealed page starting at `prev`, and what is recorded
+    /// of page `this` (its digest and stored bytes).
     pub(crate) async fn page_digest_pair(
         &self,
         base_url: &str,
         prev: Option<Position>,
         this: Position,
-    ) -> Result<(Option<String>, Option<String>), StoreError> {
-        let rows: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT from_position, digest FROM feed_page_digests \
-             WHERE base_url = $1 AND from_position IN ($2, $3)",
+    ) -> Result<(Option<String>, Option<RecordedPage>), StoreError> {
+        let rows: Vec<(i64, String, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT from_position, digest, \
+             CASE WHEN from_position = $3 THEN atom_zstd END \
+             FROM feed_page_digests WHERE base_url = $1 AND from_position IN ($2, $3)",
         )
         .bind(base_url)
         .bind(prev.unwrap_or(this) as i64)
@@ -801,9 +812,9 @@ impl EventLog {
         .fetch_all(self.db.pool())
         .await?;
         let mut pair = (None, None);
-        for (from, digest) in rows {
+        for (from, digest, atom_zstd) in rows {
             if from == this as i64 {
-                pair.1 = Some(digest);
+                pair.1 = Some(RecordedPage { digest, atom_zstd });
             } else {
                 pair.0 = Some(digest);
             }
@@ -826,29 +837,55 @@ impl EventLog {
         Ok(row.map(|(f, t, d)| (f as Position, t as Position, d)))
     }
 
-    /// Records the digest of a sealed page; returns the digest stored before if
-    /// another one was recorded already (by this or another process).
+    /// Records the digest of a sealed page with its bytes (`atom_zstd`, the Atom
+    /// document as zstd); returns the digest stored before if another one was
+    /// recorded already (by this or another process), and then keeps that one's bytes.
     pub(crate) async fn record_page_digest(
         &self,
         base_url: &str,
-        from: Position,
-        to: Position,
+        page: (Position, Position),
         digest: &str,
+        atom_zstd: &[u8],
     ) -> Result<Option<String>, StoreError> {
+        let (from, to) = page;
         let done = sqlx::query(
-            "INSERT INTO feed_page_digests (base_url, from_position, to_position, digest) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (base_url, from_position) DO NOTHING",
+            "INSERT INTO feed_page_digests \
+             (base_url, from_position, to_position, digest, atom_zstd) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (base_url, from_position) DO NOTHING",
         )
         .bind(base_url)
         .bind(from as i64)
         .bind(to as i64)
         .bind(digest)
+        .bind(atom_zstd)
         .execute(self.db.pool())
         .await?;
         if done.rows_affected() == 1 {
             return Ok(None);
         }
         Ok(self.page_digest(base_url, from).await?.map(|(_, d)| d))
+    }
+
+    /// Stores the bytes of a sealed page recorded without them (before migration 3
+    /// on SQLite, 4 on PostgreSQL), if `digest` is still the recorded one.
+    pub(crate) async fn store_page_bytes(
+        &self,
+        base_url: &str,
+        from: Position,
+        digest: &str,
+        atom_zstd: &[u8],
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE feed_page_digests SET atom_zstd = $4 \
+             WHERE base_url = $1 AND from_position = $2 AND digest = $3 AND atom_zstd IS NULL",
+        )
+        .bind(base_url)
+        .bind(from as i64)
+        .bind(digest)
+        .bind(atom_zstd)
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
     }
 
     /// A receiver of the head position as appends commit. Holding one is what makes

@@ -292,31 +292,41 @@ fn bad_arguments_and_unreachable_urls_are_one_line_errors() {
     std::thread::sleep(Duration::from_millis(10));
 }
 
-/// Runs SQL against a database from a synchronous test.
-fn sql(db: &str, query: &'static str) {
+/// Runs `f` on a connection to the database at `db`, from a synchronous test.
+fn with_db<T>(db: &str, f: impl AsyncFnOnce(&feed::db::Database) -> T) -> T {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(async {
         let db = feed::db::Database::connect(db).await.expect("connect");
-        sqlx::query(query).execute(db.pool()).await.expect(query);
+        let out = f(&db).await;
         db.close().await;
+        out
+    })
+}
+
+/// Runs SQL against a database from a synchronous test.
+fn sql(db: &str, query: &'static str) {
+    with_db(db, async |db| {
+        sqlx::query(query).execute(db.pool()).await.expect(query);
+    });
+}
+
+/// Rewrites the bytes kept of the sealed page starting at `from` in the database at
+/// `db` (see `helpers::rewrite_stored_page`).
+fn rewrite_page(db: &str, from: u64, find: &str, replace: &str) {
+    with_db(db, async |db| {
+        crate::helpers::rewrite_stored_page(db, from, find, replace).await;
     });
 }
 
 fn checkpoint_of(db: &str) -> i64 {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let db = feed::db::Database::connect(db).await.expect("connect");
+    with_db(db, async |db| {
         let p: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM feed_checkpoints")
             .fetch_one(db.pool())
             .await
             .unwrap_or(None);
-        db.close().await;
         p.unwrap_or(0)
     })
 }
@@ -465,8 +475,12 @@ fn verify_names_the_first_missing_position_of_a_lost_tail() {
     append_jsonl(&src, 250);
     let server = serve(&src, 10);
     assert!(feedctl(&["verify", &server.1]).status.success());
+    // The tail lost, in a log whose chain was recorded before the bytes of sealed
+    // pages were kept (with them, the origin would still serve the sealed pages as
+    // they were published).
+    sql(&src, "UPDATE feed_page_digests SET atom_zstd = NULL");
     sql(&src, "DELETE FROM feed_events WHERE position > 150");
-    // A fresh server at the same address (nothing rendered in memory) shows the loss.
+    // A fresh server at the same address (nothing in memory) shows the loss.
     let listen = listen_address(&server.1);
     drop(server);
     let server = serve_on(&src, 10, &listen);
@@ -522,12 +536,28 @@ fn verify_finds_rewritten_and_truncated_history_in_the_feed_and_in_a_replica() {
     assert!(stderr(&out).ends_with("history diverges at position 77\n"));
 
     // An event of a sealed page rewritten at the source: a restarted server at the
-    // same address serves the new bytes, and the next page's digest gives it away.
+    // same address still serves the page as it was sealed (the bytes the chain
+    // keeps), so the feed's history is intact, and the source no longer holds it.
     sql(
         &src,
         "UPDATE feed_events SET data = '{\"i\":-1}' WHERE position = 120",
     );
     let listen = listen_address(&server.1);
+    drop(server);
+    let server = serve_on(&src, 50, &listen);
+    let out = feedctl(&["verify", &server.1]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = feedctl(&["verify", &server.1, "--against", &src]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("differs at position 120 (data)"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The sealed page itself rewritten at the source: the next page's digest gives
+    // it away.
+    rewrite_page(&src, 101, r#"{"i":119}"#, r#"{"i":-1}"#);
     drop(server);
     let server = serve_on(&src, 50, &listen);
     let out = feedctl(&["verify", &server.1]);

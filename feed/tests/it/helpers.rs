@@ -141,3 +141,39 @@ pub(crate) fn header(r: &reqwest::Response, name: &str) -> String {
         .map(|v| v.to_str().expect("ascii").to_owned())
         .unwrap_or_default()
 }
+
+/// Rewrites the bytes the hash chain keeps of the sealed page starting at `from`
+/// (every base URL's): `find` in its Atom becomes `replace`. This is what a rewritten
+/// history looks like to a subscriber, since an origin serves sealed pages from
+/// these bytes.
+pub(crate) async fn rewrite_stored_page(
+    db: &feed::db::Database,
+    from: u64,
+    find: &str,
+    replace: &str,
+) {
+    let stored: Vec<(String, Vec<u8>)> = sqlx::query_as(
+        "SELECT base_url, atom_zstd FROM feed_page_digests \
+         WHERE from_position = $1 AND atom_zstd IS NOT NULL",
+    )
+    .bind(from as i64)
+    .fetch_all(db.pool())
+    .await
+    .expect("stored pages");
+    assert!(!stored.is_empty(), "no bytes kept of page {from}");
+    for (base, z) in stored {
+        let atom =
+            String::from_utf8(zstd::stream::decode_all(&z[..]).expect("zstd")).expect("utf-8");
+        assert!(atom.contains(find), "{find} is not in page {from}");
+        let z = zstd::bulk::compress(atom.replacen(find, replace, 1).as_bytes(), 3).expect("zstd");
+        sqlx::query(
+            "UPDATE feed_page_digests SET atom_zstd = $1 WHERE base_url = $2 AND from_position = $3",
+        )
+        .bind(z)
+        .bind(base)
+        .bind(from as i64)
+        .execute(db.pool())
+        .await
+        .expect("rewrite");
+    }
+}

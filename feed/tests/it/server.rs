@@ -419,12 +419,144 @@ async fn the_sealed_pages_rendered_for_the_hash_chain_are_kept_for_the_next_read
         "another coding is rendered when asked"
     );
 
-    // A server that starts on the recorded chain has nothing kept, and renders the
-    // same bytes.
+    // A server that starts on the recorded chain has nothing in memory, and serves
+    // the same bytes (those the chain keeps).
     let fresh = server_for(log, "http://feeds.example", 10).await;
     let (_, headers, body) = oneshot(&fresh.clone().router(), "/feed/archive/21-30", &zstd).await;
     assert_eq!(fresh.pages_rendered(), 1);
     assert_eq!((h(&headers, "etag"), body), kept[2]);
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Every variant of every sealed page of `server` as (path, coding, ETag, body).
+async fn sealed_variants(server: &feed::FeedServer) -> Vec<(String, String, String, Vec<u8>)> {
+    let r = server.clone().router();
+    let mut all = Vec::new();
+    for page in ["1-10", "11-20", "21-30"] {
+        for coding in ["zstd", "gzip", "identity"] {
+            let path = format!("/feed/archive/{page}");
+            let (status, headers, body) = oneshot(&r, &path, &[("accept-encoding", coding)]).await;
+            assert_eq!(status, 200);
+            let served = h(&headers, "content-encoding");
+            assert_eq!(
+                if served.is_empty() {
+                    "identity"
+                } else {
+                    &served
+                },
+                coding
+            );
+            all.push((path, coding.to_owned(), h(&headers, "etag"), body));
+        }
+    }
+    all
+}
+
+/// A sealed page never changes: the hash chain keeps the bytes it was first rendered
+/// to, and every later request, in any coding and after a restart, is served from
+/// them, even if the events under it are rewritten in the database (which `feedctl
+/// verify --against` then shows).
+#[tokio::test]
+async fn sealed_pages_are_served_from_the_bytes_kept_with_their_digests_after_a_restart() {
+    let (_dir, log) = crate::helpers::sqlite_log("log.db").await;
+    sealed_pages_are_served_from_kept_bytes(log).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_sealed_pages_are_served_from_the_bytes_kept_with_their_digests() {
+    let Some(pg) = feed::testing::PgCluster::start() else {
+        return;
+    };
+    let log = EventLog::connect(&pg.database("kept")).await.expect("log");
+    sealed_pages_are_served_from_kept_bytes(log).await;
+}
+
+async fn sealed_pages_are_served_from_kept_bytes(log: EventLog) {
+    append_n(&log, 35, 35).await;
+    let server = server_for(log.clone(), "http://feeds.example", 10).await;
+    let (status, _, _) = oneshot(&server.clone().router(), "/feed", &[]).await;
+    assert_eq!(status, 200);
+    let before = sealed_variants(&server).await;
+    // The digest recorded for each page is that of the identity bytes served.
+    for (path, coding, _, body) in &before {
+        if coding == "identity" {
+            let from: i64 = path["/feed/archive/".len()..]
+                .split('-')
+                .next()
+                .expect("from")
+                .parse()
+                .expect("from");
+            let recorded: String =
+                sqlx::query_scalar("SELECT digest FROM feed_page_digests WHERE from_position = $1")
+                    .bind(from)
+                    .fetch_one(log.database().pool())
+                    .await
+                    .expect("digest");
+            assert_eq!(recorded, hex(&Sha256::digest(body)), "{path}");
+        }
+    }
+    sqlx::query("UPDATE feed_events SET data = '{\"n\":-1}'")
+        .execute(log.database().pool())
+        .await
+        .expect("rewrite");
+    let fresh = server_for(log.clone(), "http://feeds.example", 10).await;
+    assert_eq!(sealed_variants(&fresh).await, before);
+    // What is not a sealed page renders the events as they are now.
+    let (_, _, event) = oneshot(&fresh.clone().router(), "/feed/events/5", &[]).await;
+    assert!(
+        String::from_utf8(event)
+            .expect("utf-8")
+            .contains(r#"{"n":-1}"#)
+    );
+}
+
+/// A page whose digest was recorded before the chain kept the bytes of pages (a log
+/// migrated from an older version) is rendered from its events once more; if it still
+/// matches its digest, its bytes are kept from then on, and if its events were
+/// changed, they are not.
+#[tokio::test]
+async fn a_page_recorded_without_its_bytes_is_kept_once_it_renders_to_its_digest() {
+    let (_dir, log, server) = three_sealed_pages_of_ten().await;
+    let (status, _, _) = oneshot(&server.clone().router(), "/feed", &[]).await;
+    assert_eq!(status, 200);
+    let before = sealed_variants(&server).await;
+    let pool = log.database().pool();
+    sqlx::query("UPDATE feed_page_digests SET atom_zstd = NULL")
+        .execute(pool)
+        .await
+        .expect("forget the bytes");
+    sqlx::query("UPDATE feed_events SET data = '{\"n\":-1}' WHERE position > 20")
+        .execute(pool)
+        .await
+        .expect("rewrite page 21-30");
+    let fresh = server_for(log.clone(), "http://feeds.example", 10).await;
+    let after = sealed_variants(&fresh).await;
+    assert_eq!(
+        after[..6],
+        before[..6],
+        "pages 1-10 and 11-20 render as before"
+    );
+    assert_ne!(
+        after[6..],
+        before[6..],
+        "page 21-30 renders its rewritten events"
+    );
+    let kept: Vec<(i64, Option<Vec<u8>>)> = sqlx::query_as(
+        "SELECT from_position, atom_zstd FROM feed_page_digests ORDER BY from_position",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("kept");
+    let zstd_of = |from: i64| &before[(from as usize / 10) * 3].3;
+    for (from, bytes) in kept {
+        match from {
+            1 | 11 => assert_eq!(bytes.as_ref(), Some(zstd_of(from)), "page {from}"),
+            _ => assert_eq!(bytes, None, "page {from} no longer matches its digest"),
+        }
+    }
 }
 
 fn gunzip(body: &[u8]) -> String {
@@ -557,10 +689,7 @@ async fn every_content_coding_of_a_document_has_its_own_etag() {
                 // A sealed document's strong ETag names the bytes sent, so another
                 // compressor (level or library) gives another ETag too (RFC 9110
                 // section 8.8.1).
-                let digest: String = Sha256::digest(&body)[..12]
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
+                let digest = hex(&Sha256::digest(&body)[..12]);
                 assert!(
                     etag.starts_with(&format!("\"{digest}.")),
                     "{path} {coding}: {etag} does not name the digest {digest} of the body"

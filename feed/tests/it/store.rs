@@ -26,6 +26,11 @@ pub(crate) async fn concurrent_appends_are_gapless_and_commit_ordered(
             let mut highest = 0u64;
             loop {
                 let finished = done.load(Ordering::SeqCst);
+                if finished {
+                    // Events appended unnumbered may still wait for their positions
+                    // after their commit; a head read gives them theirs.
+                    log.head().await.expect("head");
+                }
                 let events = log.read_range(1, u64::MAX).await.expect("read");
                 for e in &events {
                     match seen.get(&e.position) {

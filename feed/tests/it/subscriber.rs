@@ -480,8 +480,17 @@ async fn a_stale_head_behind_the_checkpoint_is_nothing_new_and_the_subscriber_go
     assert_eq!(rows(&db).await.len(), 4);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rewritten_event_in_a_sealed_page_breaks_the_hash_chain_and_stops_the_subscriber() {
+/// How a test changes the history behind a feed whose chain is recorded.
+#[derive(Clone, Copy)]
+enum Rewrite {
+    /// The bytes kept of sealed page 1-100, which the origin serves.
+    StoredPage,
+    /// An event of page 1-100 in a log whose chain was recorded before the bytes of
+    /// its pages were kept, so the origin renders the page from its events again.
+    EventOfAPageWithoutBytes,
+}
+
+async fn a_rewritten_history_breaks_the_hash_chain_and_stops_the_subscriber(how: Rewrite) {
     let src_dir = tempfile::tempdir().expect("tmp");
     let url = sqlite_url(&src_dir, "src.db");
     let log = EventLog::connect(&url).await.expect("log");
@@ -500,13 +509,23 @@ async fn a_rewritten_event_in_a_sealed_page_breaks_the_hash_chain_and_stops_the_
         );
     }
     feed.stop().await;
-    sqlx::query("UPDATE feed_events SET data = '{\"n\":-1}' WHERE position = 50")
-        .execute(log.database().pool())
-        .await
-        .expect("tamper");
+    let db = log.database();
+    match how {
+        Rewrite::StoredPage => {
+            crate::helpers::rewrite_stored_page(db, 1, "\"n\":49,", "\"n\":-1,").await;
+        }
+        Rewrite::EventOfAPageWithoutBytes => {
+            for q in [
+                "UPDATE feed_page_digests SET atom_zstd = NULL",
+                "UPDATE feed_events SET data = '{\"n\":-1}' WHERE position = 50",
+            ] {
+                sqlx::query(q).execute(db.pool()).await.expect("tamper");
+            }
+        }
+    }
     drop(log);
-    // A fresh process (no rendered pages in memory) at the same address serves the
-    // rewritten page.
+    // A fresh process (no pages in memory) at the same address serves the rewritten
+    // page.
     let log = EventLog::connect(&url).await.expect("log");
     let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind");
     let feed = TestFeed::start_on(log, 100, listener).await;
@@ -522,6 +541,19 @@ async fn a_rewritten_event_in_a_sealed_page_breaks_the_hash_chain_and_stops_the_
     // Page 101-200, whose link into the chain is broken, was not applied.
     assert_eq!(stored_checkpoint(&db, "replica").await, 100);
     assert_eq!(rows(&db).await.len(), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewritten_sealed_page_breaks_the_hash_chain_and_stops_the_subscriber() {
+    a_rewritten_history_breaks_the_hash_chain_and_stops_the_subscriber(Rewrite::StoredPage).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewritten_event_of_a_page_kept_without_bytes_breaks_the_hash_chain() {
+    a_rewritten_history_breaks_the_hash_chain_and_stops_the_subscriber(
+        Rewrite::EventOfAPageWithoutBytes,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
