@@ -524,25 +524,33 @@ impl FeedServer {
     ) -> Result<String, StoreError> {
         let (log, base) = (&self.inner.log, &self.inner.base);
         let digest = hex(&Sha256::digest(doc.as_bytes()));
+        let changed = |recorded: &str| {
+            tracing::error!(
+                page = %range,
+                recorded = %recorded,
+                now = %digest,
+                "a sealed page no longer renders to its recorded digest, and its bytes were not kept: its events were changed in the database"
+            );
+        };
+        if let Some(r) = &recorded
+            && r.digest != digest
+        {
+            changed(&r.digest);
+            return Ok(doc);
+        }
+        let z = encode(doc.clone().into_bytes(), KEPT.coding, Effort::Kept).await;
+        // Recorded already (here, or by another process since it was read): the bytes
+        // are stored where none are and the digest is this one.
         let before = match recorded {
             Some(r) => Some(r.digest),
             None => {
-                let z = encode(doc.clone().into_bytes(), KEPT.coding, Effort::Kept).await;
                 log.record_page_digest(base, (range.from, range.to), &digest, &z)
                     .await?
             }
         };
         match before {
-            Some(recorded) if recorded != digest => tracing::error!(
-                page = %range,
-                recorded = %recorded,
-                now = %digest,
-                "a sealed page no longer renders to its recorded digest, and its bytes were not kept: its events were changed in the database"
-            ),
-            Some(_) => {
-                let z = encode(doc.clone().into_bytes(), KEPT.coding, Effort::Kept).await;
-                log.store_page_bytes(base, range.from, &digest, &z).await?;
-            }
+            Some(before) if before != digest => changed(&before),
+            Some(_) => log.store_page_bytes(base, range.from, &digest, &z).await?,
             None => {}
         }
         Ok(doc)
