@@ -625,6 +625,23 @@ async fn p3_cache_hits(
     drop(stock);
 
     let kb = identity.len() / 1000;
+    // What loopback and wrk leave for any server sending these bytes on this
+    // machine: nginx sending them as a file (sendfile), no cache code at all.
+    let file_measure = format!(
+        "reference: cache hits req/s, {kb} KB page, identity clients, against nginx sending the same bytes as a static file"
+    );
+    let file_row = match identity_file_rate(client, &origin, &page, &identity, &run).await {
+        Ok(file) => Row::reference(
+            "P3",
+            file_measure,
+            (
+                proxy_identity.requests_per_sec,
+                per_sec(proxy_identity.requests_per_sec),
+            ),
+            (file, format!("{} (nginx, sendfile)", per_sec(file))),
+        ),
+        Err(e) => Row::missing("P3", file_measure, format!("{e:#}")),
+    };
     let note = if proxy_misses > 0 {
         format!(" ({proxy_misses} origin requests during the runs)")
     } else {
@@ -679,7 +696,32 @@ async fn p3_cache_hits(
             ),
             10.0,
         ),
+        file_row,
     ])
+}
+
+/// Identity requests/s of nginx serving `identity` (the page at `page` of `origin`)
+/// as a static file, through `run` (wrk with the P3 settings).
+async fn identity_file_rate<F, R>(
+    client: &reqwest::Client,
+    origin: &Server,
+    page: &str,
+    identity: &[u8],
+    run: &F,
+) -> anyhow::Result<f64>
+where
+    F: Fn(String, bool) -> R,
+    R: std::future::Future<Output = anyhow::Result<WrkResult>>,
+{
+    let (gzip, _) = fetch(client, &format!("{}{page}", origin.url()), true).await?;
+    let nginx = tools::nginx(client, &[("page", identity, &gzip)]).await?;
+    let url = format!("http://127.0.0.1:{}/page", nginx.port);
+    let (served, coding) = fetch(client, &url, false).await?;
+    if coding.is_some() || served != identity {
+        bail!("nginx did not serve the identity file as it is");
+    }
+    eprintln!("P3: wrk on nginx sending the page as a file");
+    Ok(run(url, false).await?.requests_per_sec)
 }
 
 // ---------------------------------------------------------------------------
