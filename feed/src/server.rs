@@ -186,6 +186,8 @@ struct Inner {
     max_long_polls_per_client: usize,
     /// Sealed pages of the log rendered into `docs`: see [`FeedServer::pages_rendered`].
     pages_rendered: AtomicU64,
+    /// See [`FeedServer::pages_kept_ahead`].
+    pages_kept_ahead: AtomicU64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -233,6 +235,7 @@ impl FeedServer {
                 long_polls: std::sync::Mutex::new(HashMap::new()),
                 max_long_polls_per_client: config.max_long_polls_per_client,
                 pages_rendered: AtomicU64::new(0),
+                pages_kept_ahead: AtomicU64::new(0),
             }),
         })
     }
@@ -242,6 +245,13 @@ impl FeedServer {
     /// read ahead for a client walking the archive.
     pub fn pages_rendered(&self) -> u64 {
         self.inner.pages_rendered.load(Ordering::Relaxed)
+    }
+
+    /// How many sealed pages since start were put into the memory cache from the
+    /// bytes the hash chain keeps, a batch at a time, ahead of a client walking the
+    /// archive (in zstd, the coding kept), without being rendered or asked for.
+    pub fn pages_kept_ahead(&self) -> u64 {
+        self.inner.pages_kept_ahead.load(Ordering::Relaxed)
     }
 
     /// How many long polls the server is holding now, over all clients.
@@ -422,6 +432,43 @@ impl FeedServer {
             .await
     }
 
+    /// Loads sealed page `next` into the memory cache for a client walking the
+    /// archive, in `w`. In the coding the hash chain keeps, and if it is not in memory
+    /// yet, the kept bytes of up to [`KEPT_AHEAD`] pages from it on come in one query:
+    /// a new process serving a replay reads its pages a batch at a time.
+    async fn read_ahead(
+        &self,
+        next: PageRange,
+        head: Position,
+        w: Want,
+    ) -> Result<(), Arc<StoreError>> {
+        let key = DocKey::Page(next, w.format, w.coding);
+        let kept_coding = w.format == KEPT.format && w.coding == KEPT.coding;
+        if !kept_coding || self.inner.docs.contains_key(&key) {
+            return self.sealed_page(next, w).await.map(drop);
+        }
+        let kept = self
+            .inner
+            .log
+            .kept_pages(&self.inner.base, next.from, KEPT_AHEAD)
+            .await
+            .map_err(Arc::new)?;
+        let layout = self.layout();
+        for (from, to, bytes) in kept {
+            let range = layout.page_of(from);
+            if range.to != to || !layout.is_sealed_page(range, head) {
+                break;
+            }
+            if self
+                .keep_sealed_page(range, strong(Bytes::from(bytes), KEPT.coding))
+                .await
+            {
+                self.inner.pages_kept_ahead.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.sealed_page(next, w).await.map(drop)
+    }
+
     /// The events of sealed page `range`, all of them (a page with a hole would be
     /// sealed with the hole in it forever), with their JSON as the stored text.
     async fn read_sealed(&self, range: PageRange) -> Result<Vec<RawEvent>, StoreError> {
@@ -501,14 +548,15 @@ impl FeedServer {
     /// its bytes, in the memory cache as the feed's subscribers ask for it (zstd), so a
     /// replay that follows (a live origin records a page's digest when the head first
     /// names it, right after the page seals) reads it from memory. Other codings and
-    /// formats are made when asked.
-    async fn keep_sealed_page(&self, range: PageRange, kept: Rendered) {
+    /// formats are made when asked. Returns whether it was put there (not found).
+    async fn keep_sealed_page(&self, range: PageRange, kept: Rendered) -> bool {
         // Unless a request has loaded it (or is loading it) already.
         self.inner
             .docs
             .entry(DocKey::Page(range, KEPT.format, KEPT.coding))
             .or_insert(kept)
-            .await;
+            .await
+            .is_fresh()
     }
 
     /// Sealed page `range`, rendered from its events as `doc` because the hash chain
@@ -1178,7 +1226,7 @@ async fn archive(
         if layout.is_sealed_page(next, head) {
             let s2 = s.clone();
             tokio::spawn(async move {
-                if let Err(e) = s2.sealed_page(next, w).await {
+                if let Err(e) = s2.read_ahead(next, head, w).await {
                     tracing::debug!(page = %next, error = %e, "reading a sealed page ahead failed");
                 }
             });
@@ -1471,6 +1519,9 @@ fn strong(body: Bytes, coding: Coding) -> Rendered {
         link: None,
     }
 }
+
+/// Most sealed pages a read-ahead loads from the bytes the hash chain keeps at once.
+const KEPT_AHEAD: u32 = 16;
 
 /// The representation of a sealed page the hash chain keeps, with its bytes.
 const KEPT: Want = Want {

@@ -822,6 +822,30 @@ impl EventLog {
         Ok(pair)
     }
 
+    /// Up to `limit` recorded pages of the chain of `base_url` from position `from`
+    /// on, oldest first, that have their bytes kept: `(from, to, atom_zstd)`.
+    pub(crate) async fn kept_pages(
+        &self,
+        base_url: &str,
+        from: Position,
+        limit: u32,
+    ) -> Result<Vec<(Position, Position, Vec<u8>)>, StoreError> {
+        let rows: Vec<(i64, i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT from_position, to_position, atom_zstd FROM feed_page_digests \
+             WHERE base_url = $1 AND from_position >= $2 AND atom_zstd IS NOT NULL \
+             ORDER BY from_position LIMIT $3",
+        )
+        .bind(base_url)
+        .bind(from.min(i64::MAX as u64) as i64)
+        .bind(i64::from(limit))
+        .fetch_all(self.db.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(f, t, b)| (f as Position, t as Position, b))
+            .collect())
+    }
+
     /// The newest recorded page of the chain of `base_url`: `(from, to, digest)`.
     pub(crate) async fn last_page_digest(
         &self,

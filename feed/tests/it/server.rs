@@ -427,6 +427,91 @@ async fn the_sealed_pages_rendered_for_the_hash_chain_are_kept_for_the_next_read
     assert_eq!((h(&headers, "etag"), body), kept[2]);
 }
 
+/// A server started on a recorded chain holds no page in memory. When a client walks
+/// the archive in zstd, the coding the chain keeps, the first page read ahead brings
+/// the kept bytes of the next 16 sealed pages in one query, so the walk reads the
+/// database once every 16 pages instead of once a page; the bytes and ETags are those
+/// the chain keeps, and nothing past the newest sealed page is read.
+#[tokio::test]
+async fn a_new_server_reads_the_kept_bytes_of_the_pages_ahead_a_batch_at_a_time() {
+    let (_dir, log) = crate::helpers::sqlite_log("log.db").await;
+    kept_pages_are_read_ahead_a_batch_at_a_time(log).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_new_server_reads_the_kept_bytes_of_the_pages_ahead_a_batch_at_a_time() {
+    let Some(pg) = feed::testing::PgCluster::start() else {
+        return;
+    };
+    let log = EventLog::connect(&pg.database("ahead")).await.expect("log");
+    kept_pages_are_read_ahead_a_batch_at_a_time(log).await;
+}
+
+async fn kept_pages_are_read_ahead_a_batch_at_a_time(log: EventLog) {
+    append_n(&log, 205, 205).await;
+    let first = server_for(log.clone(), "http://feeds.example", 10).await;
+    let r = first.clone().router();
+    let (status, _, _) = oneshot(&r, "/feed", &[]).await;
+    assert_eq!(status, 200);
+    let zstd = [("accept-encoding", "zstd")];
+    let pages: Vec<String> = (0..20)
+        .map(|p| format!("{}-{}", p * 10 + 1, p * 10 + 10))
+        .collect();
+    let mut kept = Vec::new();
+    for page in &pages {
+        let (_, headers, body) = oneshot(&r, &format!("/feed/archive/{page}"), &zstd).await;
+        kept.push((h(&headers, "etag"), body));
+    }
+
+    let fresh = server_for(log, "http://feeds.example", 10).await;
+    let r = fresh.clone().router();
+    let kept_ahead_soon = |n: u64| {
+        let fresh = fresh.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while fresh.pages_kept_ahead() < n {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} pages kept ahead, not {n}",
+                    fresh.pages_kept_ahead()
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            fresh.pages_kept_ahead()
+        }
+    };
+    let mut served = Vec::new();
+    let (status, headers, body) = oneshot(&r, "/feed/archive/1-10", &zstd).await;
+    assert_eq!(status, 200);
+    served.push((h(&headers, "etag"), body));
+    assert_eq!(kept_ahead_soon(16).await, 16, "pages 11-20 to 161-170");
+    for page in &pages[1..16] {
+        let (status, headers, body) = oneshot(&r, &format!("/feed/archive/{page}"), &zstd).await;
+        assert_eq!(status, 200);
+        served.push((h(&headers, "etag"), body));
+    }
+    assert_eq!(
+        fresh.pages_rendered(),
+        1,
+        "only page 1-10 was read on its own"
+    );
+    // Asking for 161-170 reads ahead from 171-180: the last three sealed pages.
+    let (_, headers, body) = oneshot(&r, "/feed/archive/161-170", &zstd).await;
+    served.push((h(&headers, "etag"), body));
+    assert_eq!(kept_ahead_soon(19).await, 19);
+    for page in &pages[17..] {
+        let (_, headers, body) = oneshot(&r, &format!("/feed/archive/{page}"), &zstd).await;
+        served.push((h(&headers, "etag"), body));
+    }
+    assert_eq!(served, kept);
+    assert_eq!(fresh.pages_rendered(), 1);
+    assert_eq!(
+        fresh.pages_kept_ahead(),
+        19,
+        "nothing past 191-200, the newest sealed page"
+    );
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
