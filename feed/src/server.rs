@@ -48,7 +48,9 @@
 //! sealed page is rendered from its events once: every later request, after a
 //! restart and after an upgrade that writes Atom differently, is served from those
 //! bytes (recoded for clients that do not take zstd), so a page never changes and
-//! its digest always holds. A page recorded before its bytes were kept (a log from
+//! its digest always holds. A client walking the archive in zstd gets the kept bytes
+//! of the pages ahead of it read 16 at a time into memory, so a new process serving
+//! a replay queries its database once every 16 pages. A page recorded before its bytes were kept (a log from
 //! an older version) is rendered from its events again, and kept if it still matches
 //! its digest; if it does not (the log was edited under the feed) that is logged as
 //! an error, and subscribers and `feedctl verify` see the broken link. An event
