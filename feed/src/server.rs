@@ -50,13 +50,13 @@
 //! bytes (recoded for clients that do not take zstd), so a page never changes and
 //! its digest always holds. A client walking the archive in zstd gets the kept bytes
 //! of the pages ahead of it read 16 at a time into memory, so a new process serving
-//! a replay queries its database once every 16 pages. A page recorded before its bytes were kept (a log from
-//! an older version) is rendered from its events again, and kept if it still matches
-//! its digest; if it does not (the log was edited under the feed) that is logged as
-//! an error, and subscribers and `feedctl verify` see the broken link. An event
-//! rewritten in the database under a page that is kept does not change the page;
-//! `feedctl verify FEED --against DATABASE` shows where the database departs from
-//! the history it published.
+//! a replay queries its database once every 16 pages. A page recorded before its
+//! bytes were kept (a log from an older version) is rendered from its events again,
+//! and kept if it still matches its digest; if it does not (the log was edited under
+//! the feed) that is logged as an error, and subscribers and `feedctl verify` see the
+//! broken link. An event rewritten in the database under a page that is kept does
+//! not change the page; `feedctl verify FEED --against DATABASE` shows where the
+//! database departs from the history it published.
 //!
 //! # Hostile clients
 //!
@@ -445,8 +445,7 @@ impl FeedServer {
         w: Want,
     ) -> Result<(), Arc<StoreError>> {
         let key = DocKey::Page(next, w.format, w.coding);
-        let kept_coding = w.format == KEPT.format && w.coding == KEPT.coding;
-        if !kept_coding || self.inner.docs.contains_key(&key) {
+        if w != KEPT || self.inner.docs.contains_key(&key) {
             return self.sealed_page(next, w).await.map(drop);
         }
         let kept = self
@@ -758,7 +757,7 @@ enum Which<'a> {
 }
 
 /// A request's representation choices.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Want {
     format: Format,
     coding: Coding,
